@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Set up, generate the synthetic default dataset if missing, and run the full pipeline on it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export KEDRO_DISABLE_TELEMETRY=1
+if [ ! -f data/01_raw/synthetic/train.csv ]; then
+    .venv/bin/kedro run --pipelines=synthetic
+fi
+.venv/bin/kedro run --pipelines=full "$@"

@@ -1,0 +1,81 @@
+"""Custom Kedro datasets: RxRx1 image trees and torch checkpoints (torch imported lazily)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+from kedro.io import AbstractDataset
+from tqdm.auto import tqdm
+
+from rxrx1_pipeline.plates import CHANNELS
+
+
+class SiteImagesDataset(AbstractDataset[dict, dict]):
+    """An RxRx1 image tree: ``{prefix: (6, H, W) uint8}`` <-> ``{prefix}_w{1..6}.png`` under ``path``.
+
+    ``prefix`` is e.g. ``train/HEPG2-01/Plate1/B02_s1``. Values may be arrays or callables
+    returning arrays, so a generator can render lazily while saving. Loading returns lazy callables.
+    """
+
+    def __init__(self, *, path: str, workers: int | None = None, metadata: dict | None = None):
+        self._path = Path(path)
+        self._workers = workers or min(4, os.cpu_count() or 1)
+        self.metadata = metadata
+
+    def load(self) -> dict[str, Callable[[], np.ndarray]]:
+        prefixes = sorted({str(p.relative_to(self._path))[: -len("_w1.png")]
+                           for p in self._path.glob("*/*/*/*_w1.png")})
+        return {p: (lambda p=p: read_site(self._path, p)) for p in prefixes}
+
+    def save(self, data: dict[str, np.ndarray | Callable[[], np.ndarray]]) -> None:
+        def write(item):
+            prefix, value = item
+            write_site(self._path, prefix, value() if callable(value) else value)
+
+        with ThreadPoolExecutor(self._workers) as pool:
+            for _ in tqdm(pool.map(write, data.items()), total=len(data), desc="writing sites", unit="site"):
+                pass
+
+    def _exists(self) -> bool:
+        return self._path.is_dir() and any(self._path.glob("*/*/*/*_w1.png"))
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": str(self._path)}
+
+
+def write_site(root: Path, prefix: str, image: np.ndarray) -> None:
+    """Write one site's (6, H, W) uint8 array as six PNGs."""
+    from PIL import Image
+
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[0] != len(CHANNELS):
+        raise ValueError(f"{prefix}: expected a (6, H, W) uint8 array, got {image.dtype} {image.shape}")
+    target = root / PurePosixPath(prefix)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for c, channel in zip(CHANNELS, image):
+        Image.fromarray(channel).save(f"{target}_w{c}.png", compress_level=1)
+
+
+def read_site(root: Path, prefix: str, size: int | None = None) -> np.ndarray:
+    """Read one site's six PNGs as (6, H, W) uint8, optionally resized to ``size``.
+
+    A missing or unreadable image raises an error naming the file.
+    """
+    from PIL import Image
+
+    channels = []
+    for c in CHANNELS:
+        file = root / f"{prefix}_w{c}.png"
+        try:
+            with Image.open(file) as im:
+                im = im.convert("L")
+                if size is not None and im.size != (size, size):
+                    im = im.resize((size, size), Image.BILINEAR)
+                channels.append(np.asarray(im))
+        except (OSError, ValueError) as exc:
+            raise OSError(f"cannot read image {file}: {exc}") from exc
+    return np.stack(channels)

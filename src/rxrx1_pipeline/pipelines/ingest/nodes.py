@@ -1,0 +1,119 @@
+"""Read and validate the four RxRx1 metadata CSVs; build the well and site tables."""
+
+import logging
+
+import pandas as pd
+
+from rxrx1_pipeline.plates import CHANNELS, PLATES, SITES, WELLS
+
+log = logging.getLogger(__name__)
+
+_BASE_COLUMNS = ["id_code", "experiment", "plate", "well"]
+REQUIRED_COLUMNS = {
+    "train.csv": [*_BASE_COLUMNS, "sirna"],
+    "test.csv": _BASE_COLUMNS,
+    "train_controls.csv": [*_BASE_COLUMNS, "sirna", "well_type"],
+    "test_controls.csv": [*_BASE_COLUMNS, "sirna", "well_type"],
+}
+CONTROL_TYPES = ("positive_control", "negative_control")
+WELL_COLUMNS = ["id_code", "experiment", "cell_line", "plate", "well", "split", "well_type", "sirna"]
+
+
+class MetadataError(ValueError):
+    """A metadata CSV breaks the RxRx1 format; the message names file, row and problem."""
+
+
+def _fail(file: str, df: pd.DataFrame, bad: pd.Series, problem: str) -> None:
+    """Raise for the first row flagged in ``bad``; ``problem`` may use {value} and {row}."""
+    if not bad.any():
+        return
+    rows = df.loc[bad.to_numpy()]
+    first = rows.iloc[0]
+    more = f" (and {len(rows) - 1} more rows)" if len(rows) > 1 else ""
+    raise MetadataError(f"{file}: row {first['id_code']}: {problem.format(**first.to_dict())}{more}")
+
+
+def validate_table(df: pd.DataFrame, file: str) -> pd.DataFrame:
+    """Check one metadata CSV and return it with typed columns (plate int, sirna Int64)."""
+    missing = [c for c in REQUIRED_COLUMNS[file] if c not in df.columns]
+    if missing:
+        raise MetadataError(f"{file}: missing column(s) {', '.join(missing)}")
+    df = df[REQUIRED_COLUMNS[file]].copy()
+    for col in ("id_code", "experiment", "well"):
+        _fail(file, df, df[col].isna(), f"empty {col}")
+        df[col] = df[col].astype(str)
+    _fail(file, df, df["id_code"].duplicated(), "duplicate id_code")
+    _fail(file, df, ~df["experiment"].str.fullmatch(r"[A-Za-z0-9]+-\w+"),
+          "experiment {experiment!r} is not CELLLINE-NN")
+    plate = pd.to_numeric(df["plate"], errors="coerce")
+    _fail(file, df, ~plate.isin(PLATES), "plate {plate!r} outside 1-4")
+    df["plate"] = plate.astype("int64")
+    _fail(file, df, ~df["well"].isin(WELLS), "well {well!r} outside B02-O23")
+    expected = df["experiment"] + "_" + df["plate"].astype(str) + "_" + df["well"]
+    df["_expected"] = expected
+    _fail(file, df, df["id_code"] != expected,
+          "id_code disagrees with experiment/plate/well (expected {_expected})")
+    df = df.drop(columns="_expected")
+    if "sirna" in df.columns:
+        sirna = pd.to_numeric(df["sirna"], errors="coerce")
+        bad = sirna.isna() | (sirna < 0) | (sirna != sirna.round())
+        _fail(file, df, bad, "siRNA id {sirna!r} out of range (not a non-negative integer)")
+        df["sirna"] = sirna.astype("Int64")
+    if "well_type" in df.columns:
+        _fail(file, df, ~df["well_type"].isin(CONTROL_TYPES),
+              f"unknown well_type {{well_type!r}} (expected one of {', '.join(CONTROL_TYPES)})")
+    return df
+
+
+def build_wells(
+    train: pd.DataFrame, test: pd.DataFrame, train_controls: pd.DataFrame, test_controls: pd.DataFrame
+) -> pd.DataFrame:
+    """One row per well of train, test and controls, validated.
+
+    Columns: id_code, experiment, cell_line, plate, well, split, well_type, sirna (null where unknown).
+    """
+    tables = {"train.csv": train, "test.csv": test, "train_controls.csv": train_controls,
+              "test_controls.csv": test_controls}
+    checked = {file: validate_table(df, file) for file, df in tables.items()}
+    first_control = min(int(checked[f]["sirna"].min()) for f in ("train_controls.csv", "test_controls.csv")
+                        if len(checked[f]))
+    train_df = checked["train.csv"]
+    _fail("train.csv", train_df, train_df["sirna"] >= first_control,
+          f"siRNA id {{sirna}} out of range (treatment ids must be below the control ids, >= {first_control})")
+    for file in ("train_controls.csv", "test_controls.csv"):
+        df = checked[file]
+        _fail(file, df, df["sirna"] < first_control, "siRNA id {sirna} out of range")
+
+    parts = []
+    for file, df in checked.items():
+        df = df.copy()
+        df["split"] = "train" if file.startswith("train") else "test"
+        if "well_type" not in df.columns:
+            df["well_type"] = "treatment"
+        if "sirna" not in df.columns:
+            df["sirna"] = pd.array([pd.NA] * len(df), dtype="Int64")
+        df["_file"] = file
+        parts.append(df)
+    wells = pd.concat(parts, ignore_index=True)
+    dup = wells["id_code"].duplicated(keep="first")
+    if dup.any():
+        row = wells.loc[dup.to_numpy()].iloc[0]
+        first = wells.loc[wells["id_code"] == row["id_code"], "_file"].iloc[0]
+        raise MetadataError(f"{row['_file']}: row {row['id_code']}: id_code also listed in {first}")
+    wells["cell_line"] = wells["experiment"].str.split("-").str[0]
+    wells = wells[WELL_COLUMNS].sort_values(["split", "experiment", "plate", "well"], ignore_index=True)
+    counts = wells.groupby(["split", "well_type"]).size()
+    log.info("Ingested %d wells: %s", len(wells),
+             ", ".join(f"{s} {t} {n}" for (s, t), n in counts.items()))
+    return wells
+
+
+def build_sites(wells: pd.DataFrame) -> pd.DataFrame:
+    """One row per (well, site) with the six channel PNG paths relative to data_root."""
+    sites = wells[["id_code", "split", "experiment", "plate", "well"]].merge(
+        pd.DataFrame({"site": list(SITES)}), how="cross")
+    prefix = (sites["split"] + "/" + sites["experiment"] + "/Plate" + sites["plate"].astype(str) + "/"
+              + sites["well"] + "_s" + sites["site"].astype(str))
+    for c in CHANNELS:
+        sites[f"w{c}"] = prefix + f"_w{c}.png"
+    return sites.drop(columns=["experiment", "plate", "well"])

@@ -1,0 +1,5 @@
+"""The plate_groups pipeline."""
+
+from .pipeline import create_pipeline
+
+__all__ = ["create_pipeline"]
