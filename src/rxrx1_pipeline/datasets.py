@@ -38,7 +38,7 @@ class SiteImagesDataset(AbstractDataset[dict, dict]):
             write_site(self._path, prefix, value() if callable(value) else value)
 
         with ThreadPoolExecutor(self._workers) as pool:
-            for _ in tqdm(pool.map(write, data.items()), total=len(data), desc="writing sites", unit="site"):
+            for _ in tqdm(pool.map(write, data.items()), total=len(data), desc="writing sites", unit="site", mininterval=1):
                 pass
 
     def _exists(self) -> bool:
@@ -79,3 +79,98 @@ def read_site(root: Path, prefix: str, size: int | None = None) -> np.ndarray:
         except (OSError, ValueError) as exc:
             raise OSError(f"cannot read image {file}: {exc}") from exc
     return np.stack(channels)
+
+
+class NpyDataset(AbstractDataset[np.ndarray, np.ndarray]):
+    """A numpy array in .npy format; loads memory-mapped so large caches stay on disk."""
+
+    def __init__(self, *, filepath: str, mmap: bool = True, metadata: dict | None = None):
+        self._path = Path(filepath)
+        self._mmap = mmap
+        self.metadata = metadata
+
+    def load(self) -> np.ndarray:
+        return np.load(self._path, mmap_mode="r" if self._mmap else None)
+
+    def save(self, data: np.ndarray) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._path.with_suffix(".tmp.npy")
+        np.save(tmp, data)
+        tmp.replace(self._path)
+
+    def _exists(self) -> bool:
+        return self._path.is_file()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._path), "mmap": self._mmap}
+
+
+class TorchCheckpointDataset(AbstractDataset[dict, dict]):
+    """A plain dict of tensors and settings saved with ``torch.save``; loads with ``weights_only``."""
+
+    def __init__(self, *, filepath: str, metadata: dict | None = None):
+        self._path = Path(filepath)
+        self.metadata = metadata
+
+    def load(self) -> dict:
+        import torch
+
+        return torch.load(self._path, map_location="cpu", weights_only=True)
+
+    def save(self, data: dict) -> None:
+        import torch
+
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._path.with_suffix(".tmp")
+        torch.save(data, tmp)
+        tmp.replace(self._path)
+
+    def _exists(self) -> bool:
+        return self._path.is_file()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._path)}
+
+
+class CheckpointStore:
+    """Where a training run keeps its last epoch, so an interrupted run resumes from it."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def latest(self) -> dict | None:
+        """The last saved training state, or None."""
+        import torch
+
+        if not self.path.is_file():
+            return None
+        return torch.load(self.path, map_location="cpu", weights_only=True)
+
+    def save(self, state: dict) -> None:
+        """Atomically replace the last training state."""
+        import torch
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(self.path)
+
+
+class CheckpointStoreDataset(AbstractDataset[None, CheckpointStore]):
+    """Hands a training node its :class:`CheckpointStore` (loading gives the store, not the state)."""
+
+    def __init__(self, *, filepath: str, metadata: dict | None = None):
+        self._path = Path(filepath)
+        self.metadata = metadata
+
+    def load(self) -> CheckpointStore:
+        return CheckpointStore(self._path)
+
+    def save(self, data) -> None:
+        raise NotImplementedError("the training node writes checkpoints through the loaded CheckpointStore")
+
+    def _exists(self) -> bool:
+        return True
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._path)}

@@ -1,5 +1,25 @@
-from kedro.pipeline import Pipeline
+"""Inference per cell line (namespaces), then the cell lines combined into the cached-logits files."""
+
+from kedro.pipeline import Node, Pipeline
+
+from rxrx1_pipeline.plates import CELL_LINES
+
+from .nodes import combine_cell_lines, predict_wells
+
+OUTPUTS = ["valid_logits", "test_logits", "valid_embeddings", "test_embeddings"]
+
+
+def create_template() -> Pipeline:
+    return Pipeline([
+        Node(predict_wells, ["model", "model_sites", "site_images", "plate_stats", "classes",
+                             "params:data_root", "params:cell_line", "params:model"],
+             OUTPUTS, name="predict_wells"),
+    ])
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    return Pipeline([])
+    per_line = [Pipeline(create_template(), namespace=cl, inputs={"classes"}, parameters={"data_root"},
+                         tags=[cl]) for cl in CELL_LINES]
+    combine = Pipeline([Node(combine_cell_lines, [f"{cl}.{name}" for cl in CELL_LINES], name,
+                             name=f"combine_{name}") for name in OUTPUTS])
+    return sum(per_line, start=combine)

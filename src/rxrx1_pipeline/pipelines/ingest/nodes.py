@@ -2,6 +2,7 @@
 
 import logging
 
+import numpy as np
 import pandas as pd
 
 from rxrx1_pipeline.plates import CHANNELS, PLATES, SITES, WELLS
@@ -106,6 +107,18 @@ def build_wells(
     log.info("Ingested %d wells: %s", len(wells),
              ", ".join(f"{s} {t} {n}" for (s, t), n in counts.items()))
     return wells
+
+
+def build_class_index(wells: pd.DataFrame) -> pd.DataFrame:
+    """Classes of the model: every labelled siRNA of train (treatments, then controls as extra classes)."""
+    labelled = wells[(wells["split"] == "train") & wells["sirna"].notna()]
+    classes = (labelled.groupby("sirna", as_index=False)["well_type"].first()
+               .sort_values(["sirna"], ignore_index=True))
+    classes["sirna"] = classes["sirna"].astype("int64")
+    classes["class_index"] = np.arange(len(classes))
+    log.info("Model classes: %d treatment siRNAs + %d controls",
+             (classes["well_type"] == "treatment").sum(), (classes["well_type"] != "treatment").sum())
+    return classes[["sirna", "class_index", "well_type"]]
 
 
 def build_sites(wells: pd.DataFrame) -> pd.DataFrame:
