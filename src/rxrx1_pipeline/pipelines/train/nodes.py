@@ -135,7 +135,8 @@ def train_model(model_sites: pd.DataFrame, site_images: np.ndarray, plate_stats:
 
     fit_data = loader(SiteImages(fit, data_root, model["image_size"], site_images,
                                  fit["class_index"].to_numpy(), augment=True),
-                      model["batch_size"], model["num_workers"], shuffle=True, generator=generator)
+                      model["batch_size"], model["num_workers"] if not len(site_images) else 0, shuffle=True,
+                      generator=generator)
     fit_plates = torch.from_numpy(fit["plate_index"].to_numpy(copy=True))
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda")
     for epoch in range(start, model["epochs"]):
