@@ -1,5 +1,31 @@
-from kedro.pipeline import Pipeline
+"""Post-processing from cached logits: layout inference, masking, assignment, submission, metrics.
+
+Runs on its own (`kedro run --pipelines=postprocess`): every input is a persisted catalog entry.
+"""
+
+from kedro.pipeline import Node, Pipeline
+
+from .nodes import assign_wells, build_submission, evaluate, fit_temperature, infer_layouts
+
+SPLITS = ("valid", "test")
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    return Pipeline([])
+    nodes = [Node(fit_temperature, ["valid_logits", "wells", "sirna_groups", "params:postprocess.assignment"],
+                  "postprocess_calibration", name="fit_assignment_temperature")]
+    for split in SPLITS:
+        nodes += [
+            Node(infer_layouts,
+                 [f"{split}_logits", "wells", "sirna_groups", "plate_layouts", "params:postprocess.rotation"],
+                 f"{split}_plate_groups", name=f"infer_{split}_layouts"),
+            Node(assign_wells,
+                 [f"{split}_logits", "wells", "sirna_groups", f"{split}_plate_groups",
+                  "postprocess_calibration", "params:postprocess.assignment"],
+                 f"{split}_predictions", name=f"assign_{split}_wells"),
+        ]
+    nodes += [
+        Node(build_submission, ["test_predictions", "wells"], "submission", name="build_submission"),
+        Node(evaluate, ["valid_predictions", "valid_plate_groups", "wells", "train_plate_groups"],
+             "postprocess_metrics", name="evaluate_postprocess"),
+    ]
+    return Pipeline(nodes)

@@ -1,0 +1,329 @@
+"""Plate-aware post-processing of cached logits: layout inference, group masking, assignment.
+
+Input per split: a logits table (``id_code`` then one float column per treatment siRNA, named by
+its id), already combined over sites. Everything is vectorised over wells; only the assignment
+loops, once per plate.
+"""
+
+import logging
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import linear_sum_assignment, minimize_scalar
+
+from rxrx1_pipeline.pipelines.plate_groups.nodes import layout_columns, layout_matrix
+
+log = logging.getLogger(__name__)
+
+
+class LogitsError(ValueError):
+    """The cached logits do not match the wells or siRNA groups."""
+
+
+def split_logits(logits: pd.DataFrame, wells: pd.DataFrame, sirna_groups: pd.DataFrame
+                 ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray]:
+    """Validate one logits table and line it up with the wells.
+
+    Returns (well rows in logits order: id_code, experiment, cell_line, plate, sirna; logits as a
+    float32 wells x siRNAs array; the siRNA id of each column; the group of each column).
+    """
+    if logits.columns[0] != "id_code":
+        raise LogitsError("logits table must start with an id_code column")
+    sirnas = np.array([int(c) for c in logits.columns[1:]], dtype=np.int64)
+    group_of = sirna_groups.set_index("sirna")["group"]
+    unknown = np.setdiff1d(sirnas, group_of.index.to_numpy())
+    absent = np.setdiff1d(group_of.index.to_numpy(), sirnas)
+    if len(unknown) or len(absent):
+        raise LogitsError(f"logits columns do not match the treatment siRNAs: {len(unknown)} unknown "
+                          f"(e.g. {unknown[:3].tolist()}), {len(absent)} missing (e.g. {absent[:3].tolist()})")
+    ids = logits["id_code"].astype(str)
+    if ids.duplicated().any():
+        raise LogitsError(f"id_code {ids[ids.duplicated()].iloc[0]} appears twice in the logits")
+    treat = wells[wells["well_type"] == "treatment"]
+    pos = pd.Index(treat["id_code"]).get_indexer(ids)  # (Series.isin on arrow strings loops in Python)
+    if (pos < 0).any():
+        raise LogitsError(f"{int((pos < 0).sum())} logits rows are not treatment wells, "
+                          f"e.g. {ids.iloc[np.flatnonzero(pos < 0)[0]]}")
+    rows = treat.iloc[pos][["id_code", "experiment", "cell_line", "plate", "sirna"]].reset_index(drop=True)
+    x = logits.iloc[:, 1:].to_numpy(dtype=np.float32)
+    return rows, x, sirnas, group_of.loc[sirnas].to_numpy(np.int64)
+
+
+def row_argmax(x: np.ndarray, chunk: int = 128) -> np.ndarray:
+    """x.argmax(axis=1), also fast on column-major arrays (what DataFrame.to_numpy gives for a
+    parquet table), where numpy's argmax along rows is about 4x slower: maxima per column chunk
+    first, then the argmax inside each row's best chunk."""
+    if x.flags.c_contiguous or x.shape[1] <= chunk:
+        return x.argmax(axis=1)
+    starts = range(0, x.shape[1], chunk)
+    best_chunk = np.stack([x[:, s:s + chunk].max(axis=1) for s in starts], axis=1).argmax(axis=1)
+    out = np.empty(len(x), dtype=np.int64)
+    for j, s in enumerate(starts):
+        rows = np.flatnonzero(best_chunk == j)
+        out[rows] = s + x[rows, s:s + chunk].argmax(axis=1)
+    return out
+
+
+def group_log_probs(x: np.ndarray, col_group: np.ndarray, n_groups: int) -> np.ndarray:
+    """log P(well's siRNA in group g) under softmax(x): wells x groups, float64.
+
+    Floored at log(float32 tiny), about -87: one overconfident well cannot veto a layout alone.
+    """
+    e = x - x.max(axis=1, keepdims=True)
+    np.exp(e, out=e)
+    onehot = np.zeros((x.shape[1], n_groups), dtype=x.dtype)
+    onehot[np.arange(x.shape[1]), col_group] = 1.0
+    sums = (e @ onehot).astype(np.float64)
+    return np.log(np.maximum(sums, np.finfo(np.float32).tiny)) - np.log(sums.sum(axis=1, keepdims=True))
+
+
+def score_layouts(glp: np.ndarray, experiment_idx: np.ndarray, plate_pos: np.ndarray,
+                  layouts: np.ndarray) -> np.ndarray:
+    """Summed log-likelihood of each experiment's wells under each layout: experiments x layouts.
+
+    ``plate_pos`` is the well's plate as a column index of ``layouts`` (layouts x plates of groups).
+    """
+    n_exp, n_plates, n_groups = experiment_idx.max() + 1, layouts.shape[1], glp.shape[1]
+    key = experiment_idx * n_plates + plate_pos
+    per_plate = np.stack([np.bincount(key, weights=glp[:, g], minlength=n_exp * n_plates)
+                          for g in range(n_groups)], axis=1)
+    per_plate = per_plate.reshape(n_exp, n_plates, n_groups)
+    return per_plate[:, np.arange(n_plates)[None, :], layouts].sum(axis=2)
+
+
+def infer_layouts(logits: pd.DataFrame, wells: pd.DataFrame, sirna_groups: pd.DataFrame,
+                  plate_layouts: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
+    """Choose each experiment's plate layout among the candidates, with a uniform prior.
+
+    One row per experiment: experiment, cell_line, layout, plate_<p> (chosen group per plate),
+    confidence (posterior of the chosen layout), margin (log-likelihood lead over the runner-up,
+    nats), wells, posterior_<layout> for every candidate.
+    """
+    rows, x, _, col_group = split_logits(logits, wells, sirna_groups)
+    plates, layouts = layout_matrix(plate_layouts)
+    bad = ~rows["plate"].isin(plates)
+    if bad.any():
+        raise LogitsError(f"well {rows.loc[bad, 'id_code'].iloc[0]} is on a plate no layout covers")
+    exp_idx, experiments = pd.factorize(rows["experiment"], sort=True)
+    plate_pos = np.searchsorted(plates, rows["plate"].to_numpy())
+    glp = group_log_probs(x, col_group, int(sirna_groups["group"].max()) + 1)
+    scores = score_layouts(glp, exp_idx, plate_pos, layouts)
+    post = np.exp(scores - scores.max(axis=1, keepdims=True))
+    post /= post.sum(axis=1, keepdims=True)
+    best = scores.argmax(axis=1)
+    ids = plate_layouts["layout"].to_numpy()
+    out = pd.DataFrame({"experiment": np.asarray(experiments),
+                        "cell_line": rows.groupby(exp_idx)["cell_line"].first().to_numpy(),
+                        "layout": ids[best]})
+    out[layout_columns(plates)] = layouts[best]
+    out["confidence"] = post[np.arange(len(best)), best]
+    top2 = np.sort(scores, axis=1)[:, -2:]
+    out["margin"] = top2[:, -1] - top2[:, 0] if scores.shape[1] > 1 else np.inf
+    out["wells"] = np.bincount(exp_idx, minlength=len(experiments))
+    out[[f"posterior_{i}" for i in ids]] = post
+    weak = out[out["confidence"] < params["min_confidence"]]
+    for _, r in weak.iterrows():
+        log.warning("Layout of %s is not decisive: layout %d with posterior %.3f (margin %.1f nats)",
+                    r["experiment"], r["layout"], r["confidence"], r["margin"])
+    log.info("Layouts inferred for %d experiments (%d not decisive): %s", len(out), len(weak),
+             ", ".join(f"{e}:{l}" for e, l in zip(out["experiment"], out["layout"])))
+    return out
+
+
+def plate_group_of_wells(rows: pd.DataFrame, plate_groups: pd.DataFrame) -> np.ndarray:
+    """The group each well's plate holds, from infer_layouts' table (one row per experiment)."""
+    cols = [c for c in plate_groups.columns if c.startswith("plate_")]
+    long = plate_groups.melt(id_vars="experiment", value_vars=cols, var_name="plate", value_name="group")
+    long["plate"] = long["plate"].str.removeprefix("plate_").astype(np.int64)
+    merged = rows[["experiment", "plate"]].merge(long, on=["experiment", "plate"], how="left")
+    if merged["group"].isna().any():
+        raise LogitsError(f"no plate group for well {rows['id_code'][merged['group'].isna()].iloc[0]}")
+    return merged["group"].to_numpy(np.int64)
+
+
+def masked_softmax(block: np.ndarray, temperature: float) -> np.ndarray:
+    """Row-wise softmax of block / temperature (float32)."""
+    z = (block - block.max(axis=1, keepdims=True)) * np.float32(1.0 / temperature)
+    np.exp(z, out=z)
+    z /= z.sum(axis=1, keepdims=True)
+    return z
+
+
+def sinkhorn(prob: np.ndarray, iterations: int) -> np.ndarray:
+    """Scale rows and columns of a wells x siRNAs matrix towards row sums 1 and column sums
+    wells/siRNAs (``iterations`` rounds, as scaling vectors: two matrix-vector products a round)."""
+    k = np.maximum(prob, np.finfo(np.float32).tiny, dtype=np.float64)
+    target = k.shape[0] / k.shape[1]
+    r = np.ones(k.shape[0])
+    for _ in range(iterations):
+        c = target / (r @ k)
+        r = 1.0 / (k @ c)
+    return k * r[:, None] * c[None, :] if iterations else k
+
+
+def assign_plate(block: np.ndarray, temperature: float, cost: str, iterations: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Balanced assignment of one plate's wells (rows) to its group's siRNAs (columns).
+
+    Maximises the summed probability (cost ``prob``: the expected number of correct wells) or
+    log-probability (``log_prob``: the most likely assignment) after temperature and optional
+    row/column normalisation. With ``log_prob`` on a full plate, temperature and normalisation
+    do not change the answer. Returns (column chosen per row, its probability at the temperature).
+    """
+    prob = masked_softmax(block, temperature)
+    weight = sinkhorn(prob, iterations)
+    if cost == "log_prob":
+        weight = np.log(weight)
+    elif cost != "prob":
+        raise ValueError(f"unknown assignment cost {cost!r} (expected prob or log_prob)")
+    rows, cols = linear_sum_assignment(weight, maximize=True)
+    chosen = np.empty(block.shape[0], dtype=np.int64)
+    chosen[rows] = cols
+    return chosen, prob[np.arange(len(chosen)), chosen].astype(np.float64)
+
+
+def fit_temperature(valid_logits: pd.DataFrame, wells: pd.DataFrame, sirna_groups: pd.DataFrame,
+                    params: dict[str, Any]) -> dict[str, Any]:
+    """The assignment temperature: params' value, or (``auto``) the one minimising the NLL of
+    the true siRNA within its group on the labelled validation wells."""
+    setting = params["temperature"]
+    if setting != "auto":
+        return {"temperature": float(setting), "fitted": False}
+    rows, x, sirnas, col_group = split_logits(valid_logits, wells, sirna_groups)
+    known = rows["sirna"].notna().to_numpy()
+    if not known.any():
+        raise LogitsError("temperature 'auto' needs labelled validation wells")
+    col_of = pd.Series(np.arange(len(sirnas)), index=sirnas)
+    truth_col = col_of.loc[rows.loc[known, "sirna"].astype(np.int64).to_numpy()].to_numpy()
+    x = x[known]
+    blocks = []
+    for g in np.unique(col_group):
+        cols = np.flatnonzero(col_group == g)
+        sel = np.flatnonzero(col_group[truth_col] == g)
+        pos = np.searchsorted(cols, truth_col[sel])
+        block = x[np.ix_(sel, cols)]
+        block -= block.max(axis=1, keepdims=True)
+        blocks.append((block, block[np.arange(len(sel)), pos].astype(np.float64)))
+
+    def nll(log_t: float) -> float:
+        scale = np.float32(np.exp(-log_t))
+        total = 0.0
+        for block, true_logit in blocks:
+            lse = np.log(np.exp(block * scale).sum(axis=1, dtype=np.float64))
+            total += float(np.sum(lse - true_logit * scale))
+        return total / len(truth_col)
+
+    lo, hi = np.log(params["temperature_bounds"][0]), np.log(params["temperature_bounds"][1])
+    fit = minimize_scalar(nll, bounds=(lo, hi), method="bounded", options={"xatol": 0.01})
+    t = float(np.exp(fit.x))
+    log.info("Assignment temperature fitted on %d validation wells: %.3f (within-group NLL %.3f, %.3f at 1)",
+             len(truth_col), t, fit.fun, nll(0.0))
+    return {"temperature": t, "fitted": True, "wells": int(len(truth_col)), "nll": float(fit.fun)}
+
+
+def mask_to_plate_group(x: np.ndarray, col_group: np.ndarray, well_group: np.ndarray) -> np.ndarray:
+    """Column of the best siRNA of each well's plate group."""
+    best = np.empty(len(x), dtype=np.int64)
+    for g in np.unique(well_group):
+        cols, in_g = np.flatnonzero(col_group == g), np.flatnonzero(well_group == g)
+        best[in_g] = cols[x[np.ix_(in_g, cols)].argmax(axis=1)]
+    return best
+
+
+def assign_per_plate(x: np.ndarray, col_group: np.ndarray, well_group: np.ndarray, plate_key: np.ndarray,
+                     plate_names: np.ndarray, temperature: float, cost: str, iterations: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Balanced assignment on every plate (wells sharing ``plate_key``) among its group's siRNAs.
+
+    Returns (column per well, probability of that siRNA within the group at the temperature).
+    """
+    chosen = np.empty(len(x), dtype=np.int64)
+    score = np.empty(len(x), dtype=np.float64)
+    order = np.lexsort((plate_key, well_group))
+    starts = np.flatnonzero(np.diff(plate_key[order], prepend=-1))
+    for part in np.split(order, starts[1:]):
+        g = well_group[part[0]]
+        cols = np.flatnonzero(col_group == g)
+        if len(part) > len(cols):
+            raise LogitsError(f"{plate_names[plate_key[part[0]]]} has {len(part)} treatment wells "
+                              f"but its group {g} only {len(cols)} siRNAs")
+        pick, score[part] = assign_plate(x[np.ix_(part, cols)], temperature, cost, iterations)
+        chosen[part] = cols[pick]
+    return chosen, score
+
+
+def assign_wells(logits: pd.DataFrame, wells: pd.DataFrame, sirna_groups: pd.DataFrame,
+                 plate_groups: pd.DataFrame, calibration: dict[str, Any], params: dict[str, Any]
+                 ) -> pd.DataFrame:
+    """Predictions after each stage: sirna_argmax (raw), sirna_masked (argmax within the plate's
+    group), sirna_assigned (balanced per plate) and score (its probability within the group)."""
+    rows, x, sirnas, col_group = split_logits(logits, wells, sirna_groups)
+    well_group = plate_group_of_wells(rows, plate_groups)
+    plate_key, plates = pd.factorize(rows["experiment"] + " plate " + rows["plate"].astype(str))
+    assigned, score = assign_per_plate(x, col_group, well_group, plate_key, np.asarray(plates),
+                                       calibration["temperature"], params["cost"],
+                                       int(params["sinkhorn_iterations"]))
+    return pd.DataFrame({"id_code": rows["id_code"], "experiment": rows["experiment"],
+                         "plate": rows["plate"], "sirna_argmax": sirnas[row_argmax(x)],
+                         "sirna_masked": sirnas[mask_to_plate_group(x, col_group, well_group)],
+                         "sirna_assigned": sirnas[assigned], "score": score})
+
+
+def build_submission(test_predictions: pd.DataFrame, wells: pd.DataFrame) -> pd.DataFrame:
+    """Kaggle submission (id_code, sirna) with every test treatment well exactly once."""
+    test = wells.loc[(wells["split"] == "test") & (wells["well_type"] == "treatment"), ["id_code"]]
+    sub = test.merge(test_predictions[["id_code", "sirna_assigned"]], on="id_code", how="left")
+    missing = sub["sirna_assigned"].isna()
+    if missing.any() or len(test_predictions) != len(test):
+        examples = sub.loc[missing, "id_code"].head(3).tolist()
+        raise LogitsError(f"test predictions cover {len(test_predictions)} wells, {int(missing.sum())} of the "
+                          f"{len(test)} test treatment wells missing (e.g. {examples})")
+    log.info("Submission: %d test wells, %d siRNAs predicted", len(sub), sub["sirna_assigned"].nunique())
+    return sub.rename(columns={"sirna_assigned": "sirna"}).astype({"sirna": "int64"})
+
+
+STAGES = ("raw", "masked", "assigned")
+
+
+def evaluate(valid_predictions: pd.DataFrame, valid_plate_groups: pd.DataFrame, wells: pd.DataFrame,
+             train_plate_groups: pd.DataFrame) -> pd.DataFrame:
+    """Validation accuracy after each stage per experiment, per cell line and overall.
+
+    Columns: level (experiment/cell_line/overall), name, experiments, wells, raw, masked, assigned
+    (fractions), layout_correct (share of experiments whose inferred layout matches train).
+    """
+    df = valid_predictions.merge(wells[["id_code", "cell_line", "sirna"]], on="id_code", how="left")
+    truth = df["sirna"].astype("Int64").to_numpy(dtype=np.int64, na_value=-1)
+    hits = pd.DataFrame({"experiment": df["experiment"], "cell_line": df["cell_line"],
+                         **{s: df[f"sirna_{'argmax' if s == 'raw' else s}"].to_numpy() == truth
+                            for s in STAGES}})
+    cols = [c for c in valid_plate_groups.columns if c.startswith("plate_")]
+    inferred = valid_plate_groups.melt(id_vars="experiment", value_vars=cols, var_name="plate",
+                                       value_name="inferred")
+    inferred["plate"] = inferred["plate"].str.removeprefix("plate_").astype(np.int64)
+    cmp = inferred.merge(train_plate_groups, on=["experiment", "plate"], how="inner")
+    correct = (cmp["inferred"] == cmp["group"]).groupby(cmp["experiment"]).all()
+    per_exp = hits.groupby("experiment").agg(cell_line=("cell_line", "first"), wells=("raw", "size"),
+                                             **{s: (s, "mean") for s in STAGES})
+    per_exp["layout_correct"] = correct.reindex(per_exp.index).astype(float)
+    per_exp["experiments"] = 1
+
+    def roll_up(level: str, name: str, mask: pd.Series) -> dict[str, Any]:
+        sub, e = hits[mask.to_numpy()], per_exp[per_exp.index.isin(hits.loc[mask.to_numpy(), "experiment"])]
+        return {"level": level, "name": name, "experiments": len(e), "wells": len(sub),
+                **{s: float(sub[s].mean()) for s in STAGES}, "layout_correct": float(e["layout_correct"].mean())}
+
+    table = pd.DataFrame(
+        [roll_up("cell_line", c, hits["cell_line"] == c) for c in sorted(hits["cell_line"].unique())]
+        + [roll_up("overall", "all", pd.Series(True, index=hits.index))]
+        + [{"level": "experiment", "name": e, **r} for e, r in
+           per_exp.drop(columns="cell_line").to_dict("index").items()])
+    table = table[["level", "name", "experiments", "wells", *STAGES, "layout_correct"]]
+    lines = [f"{'':<10}{'wells':>7}  {'raw':>6} {'masked':>7} {'assigned':>8}  layout ok"]
+    for _, r in table[table["level"] != "experiment"].iterrows():
+        lines.append(f"{r['name']:<10}{r['wells']:>7}  {r['raw']:>6.1%} {r['masked']:>7.1%} {r['assigned']:>8.1%}"
+                     f"  {round(r['layout_correct'] * r['experiments'])}/{r['experiments']}")
+    log.info("Validation accuracy (raw argmax / masked to plate group / balanced assignment):\n%s",
+             "\n".join(lines))
+    return table
