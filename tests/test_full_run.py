@@ -41,8 +41,10 @@ def test_full_pipeline_then_postprocess(project_copy: Path):
         history = pd.read_parquet(data / f"08_reporting/{cell_line}/history.parquet")
         assert list(history["epoch"]) == [1, 2]
         assert (data / f"06_models/{cell_line}/model.pt").is_file()
+        assert "fit loss" in (data / f"08_reporting/{cell_line}/training_curves.json").read_text()
     metrics = pd.read_parquet(data / "08_reporting/postprocess_metrics.parquet")
-    assert len(metrics) > 0
+    assert set(metrics["level"]) == {"experiment", "cell_line", "overall"}
+    assert "assigned" in (data / "08_reporting/postprocess_accuracy.json").read_text()
     logits = pd.read_parquet(data / "07_model_output/test_logits.parquet")
     assert len(logits) == len(test_wells) and logits.shape[1] == 1 + 4 * 4
 

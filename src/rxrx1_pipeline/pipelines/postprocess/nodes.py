@@ -327,3 +327,15 @@ def evaluate(valid_predictions: pd.DataFrame, valid_plate_groups: pd.DataFrame, 
     log.info("Validation accuracy (raw argmax / masked to plate group / balanced assignment):\n%s",
              "\n".join(lines))
     return table
+
+
+def plot_stage_accuracy(postprocess_metrics: pd.DataFrame):
+    """Validation accuracy per cell line after each stage, as grouped bars (shown by ``kedro viz``)."""
+    import plotly.graph_objects as go
+
+    rows = postprocess_metrics[postprocess_metrics["level"] != "experiment"]
+    fig = go.Figure([go.Bar(name=stage, x=rows["name"], y=rows[stage], text=rows[stage].map("{:.1%}".format))
+                     for stage in STAGES])
+    fig.update_layout(barmode="group", title="Validation well accuracy: raw argmax, masked, assigned",
+                      yaxis={"tickformat": ".0%", "range": [0, 1]}, template="plotly_white")
+    return fig

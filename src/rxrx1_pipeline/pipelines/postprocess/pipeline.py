@@ -5,7 +5,14 @@ Runs on its own (`kedro run --pipelines=postprocess`): every input is a persiste
 
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import assign_wells, build_submission, evaluate, fit_temperature, infer_layouts
+from .nodes import (
+    assign_wells,
+    build_submission,
+    evaluate,
+    fit_temperature,
+    infer_layouts,
+    plot_stage_accuracy,
+)
 
 SPLITS = ("valid", "test")
 
@@ -27,5 +34,6 @@ def create_pipeline(**kwargs) -> Pipeline:
         Node(build_submission, ["test_predictions", "wells"], "submission", name="build_submission"),
         Node(evaluate, ["valid_predictions", "valid_plate_groups", "wells", "train_plate_groups"],
              "postprocess_metrics", name="evaluate_postprocess"),
+        Node(plot_stage_accuracy, "postprocess_metrics", "postprocess_chart", name="plot_stage_accuracy"),
     ]
     return Pipeline(nodes)

@@ -4,7 +4,7 @@ from kedro.pipeline import Node, Pipeline
 
 from rxrx1_pipeline.plates import CELL_LINES
 
-from .nodes import decode_sites, plate_statistics, select_sites, train_model
+from .nodes import decode_sites, plate_statistics, plot_history, select_sites, train_model
 
 SHARED_INPUTS = {"wells", "sites", "classes"}
 SHARED_PARAMS = {"data_root"}
@@ -22,6 +22,7 @@ def create_template() -> Pipeline:
         Node(train_model, ["model_sites", "site_images", "plate_stats", "classes", "checkpoints",
                            "params:data_root", "params:cell_line", "params:model"],
              ["model", "history"], name="train_model"),
+        Node(plot_history, ["history", "params:cell_line"], "training_curves", name="plot_history"),
     ])
 
 
