@@ -75,6 +75,8 @@ def dihedral(image: torch.Tensor, k: int) -> torch.Tensor:
 
 def loader(dataset: SiteImages, batch_size: int, workers: int, shuffle: bool = False,
            generator: torch.Generator | None = None) -> DataLoader:
+    """Batches of (images, positions, labels); worker processes only when PNGs are decoded."""
+    workers = 0 if dataset.cache is not None else workers
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
                       generator=generator, persistent_workers=False, drop_last=False,
                       pin_memory=torch.cuda.is_available())

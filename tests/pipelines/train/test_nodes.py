@@ -135,3 +135,19 @@ def test_interrupted_training_resumes_from_last_checkpoint(prepared, tiny_model,
     with caplog.at_level(logging.INFO):
         train_model(*args, CheckpointStore(tmp_path / "b.pt"), root, "HEPG2", {**tiny_model, "epochs": 1})
     assert "training from scratch" in caplog.text
+
+
+def test_missing_image_is_an_error_naming_the_file(tiny_data, tiny_model, tmp_path):
+    import shutil
+
+    root, wells, sites, classes = tiny_data
+    copy = tmp_path / "root"
+    shutil.copytree(root, copy)
+    model_sites = select_sites(wells, sites, classes, "HEPG2", tiny_model)
+    victim = copy / model_sites["w3"].iloc[7]
+    victim.unlink()
+    with pytest.raises(OSError, match=f"cannot read image {victim}"):
+        decode_sites(model_sites, str(copy), tiny_model)
+    victim.write_bytes(b"not a png")
+    with pytest.raises(OSError, match=f"cannot read image {victim}"):
+        plate_statistics(model_sites, np.zeros((0, 6, 16, 16), np.uint8), str(copy), tiny_model)

@@ -1,4 +1,4 @@
-"""Per-cell-line embedding training: class index, splits, decoded images, plate statistics, training."""
+"""Per-cell-line embedding training: splits, decoded images, plate statistics, training, curves."""
 
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ def plate_statistics(model_sites: pd.DataFrame, site_images: np.ndarray, data_ro
     count = np.zeros(n_plates)
     plate_of = model_sites["plate_index"].to_numpy()
     data = loader(SiteImages(model_sites, data_root, model["image_size"], site_images),
-                  model["batch_size"], model["num_workers"] if not len(site_images) else 0)
+                  model["batch_size"], model["num_workers"])
     for images, idx, _ in data:
         x = images.double().numpy()
         plates = plate_of[idx.numpy()]
@@ -135,8 +135,7 @@ def train_model(model_sites: pd.DataFrame, site_images: np.ndarray, plate_stats:
 
     fit_data = loader(SiteImages(fit, data_root, model["image_size"], site_images,
                                  fit["class_index"].to_numpy(), augment=True),
-                      model["batch_size"], model["num_workers"] if not len(site_images) else 0, shuffle=True,
-                      generator=generator)
+                      model["batch_size"], model["num_workers"], shuffle=True, generator=generator)
     fit_plates = torch.from_numpy(fit["plate_index"].to_numpy(copy=True))
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda")
     for epoch in range(start, model["epochs"]):
@@ -221,7 +220,7 @@ def embed_sites(net, norm, sites: pd.DataFrame, site_images: np.ndarray, data_ro
     dev = device()
     plates = torch.from_numpy(sites["plate_index"].to_numpy(copy=True))
     data = loader(SiteImages(sites, data_root, model["image_size"], site_images), model["batch_size"],
-                  model["num_workers"] if not len(site_images) else 0)
+                  model["num_workers"])
     logits, embeddings = [], []
     was_training = net.training
     net.eval()
