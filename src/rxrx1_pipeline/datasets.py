@@ -81,36 +81,42 @@ def read_site(root: Path, prefix: str, size: int | None = None) -> np.ndarray:
     return np.stack(channels)
 
 
-class NpyDataset(AbstractDataset[np.ndarray, np.ndarray]):
-    """A numpy array in .npy format; loads memory-mapped so large caches stay on disk."""
+class _FileDataset(AbstractDataset):
+    """A dataset stored in one local file, written atomically (temp file, then rename)."""
 
-    def __init__(self, *, filepath: str, mmap: bool = True, metadata: dict | None = None):
+    def __init__(self, *, filepath: str, metadata: dict | None = None):
         self._path = Path(filepath)
-        self._mmap = mmap
         self.metadata = metadata
 
-    def load(self) -> np.ndarray:
-        return np.load(self._path, mmap_mode="r" if self._mmap else None)
-
-    def save(self, data: np.ndarray) -> None:
+    def _write(self, write: Callable[[Path], None]) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._path.with_suffix(".tmp.npy")
-        np.save(tmp, data)
+        tmp = self._path.with_name(f".{self._path.name}.tmp")
+        write(tmp)
         tmp.replace(self._path)
 
     def _exists(self) -> bool:
         return self._path.is_file()
 
     def _describe(self) -> dict[str, Any]:
-        return {"filepath": str(self._path), "mmap": self._mmap}
+        return {"filepath": str(self._path)}
 
 
-class TorchCheckpointDataset(AbstractDataset[dict, dict]):
+class NpyDataset(_FileDataset):
+    """A numpy array in .npy format; loads memory-mapped so large caches stay on disk."""
+
+    def load(self) -> np.ndarray:
+        return np.load(self._path, mmap_mode="r")
+
+    def save(self, data: np.ndarray) -> None:
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:
+                np.save(f, data)
+
+        self._write(write)
+
+
+class TorchCheckpointDataset(_FileDataset):
     """A plain dict of tensors and settings saved with ``torch.save``; loads with ``weights_only``."""
-
-    def __init__(self, *, filepath: str, metadata: dict | None = None):
-        self._path = Path(filepath)
-        self.metadata = metadata
 
     def load(self) -> dict:
         import torch
@@ -120,48 +126,26 @@ class TorchCheckpointDataset(AbstractDataset[dict, dict]):
     def save(self, data: dict) -> None:
         import torch
 
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._path.with_suffix(".tmp")
-        torch.save(data, tmp)
-        tmp.replace(self._path)
-
-    def _exists(self) -> bool:
-        return self._path.is_file()
-
-    def _describe(self) -> dict[str, Any]:
-        return {"filepath": str(self._path)}
+        self._write(lambda tmp: torch.save(data, tmp))
 
 
 class CheckpointStore:
     """Where a training run keeps its last epoch, so an interrupted run resumes from it."""
 
     def __init__(self, path: Path):
-        self.path = path
+        self.path = Path(path)
 
     def latest(self) -> dict | None:
         """The last saved training state, or None."""
-        import torch
-
-        if not self.path.is_file():
-            return None
-        return torch.load(self.path, map_location="cpu", weights_only=True)
+        return TorchCheckpointDataset(filepath=str(self.path)).load() if self.path.is_file() else None
 
     def save(self, state: dict) -> None:
         """Atomically replace the last training state."""
-        import torch
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(self.path)
+        TorchCheckpointDataset(filepath=str(self.path)).save(state)
 
 
-class CheckpointStoreDataset(AbstractDataset[None, CheckpointStore]):
+class CheckpointStoreDataset(_FileDataset):
     """Hands a training node its :class:`CheckpointStore` (loading gives the store, not the state)."""
-
-    def __init__(self, *, filepath: str, metadata: dict | None = None):
-        self._path = Path(filepath)
-        self.metadata = metadata
 
     def load(self) -> CheckpointStore:
         return CheckpointStore(self._path)
@@ -171,6 +155,3 @@ class CheckpointStoreDataset(AbstractDataset[None, CheckpointStore]):
 
     def _exists(self) -> bool:
         return True
-
-    def _describe(self) -> dict[str, Any]:
-        return {"filepath": str(self._path)}

@@ -7,7 +7,6 @@ PLATES = (1, 2, 3, 4)
 SITES = (1, 2)
 CHANNELS = (1, 2, 3, 4, 5, 6)
 CELL_LINES = ("HEPG2", "HUVEC", "RPE", "U2OS")
-WELL_TYPES = ("treatment", "positive_control", "negative_control")
 
 
 def id_code(experiment: str, plate: int, well: str) -> str:
@@ -18,8 +17,3 @@ def id_code(experiment: str, plate: int, well: str) -> str:
 def site_prefix(split: str, experiment: str, plate: int, well: str, site: int) -> str:
     """Image path of one site without the channel suffix, relative to data_root."""
     return f"{split}/{experiment}/Plate{plate}/{well}_s{site}"
-
-
-def channel_path(prefix: str, channel: int) -> str:
-    """Path of one channel PNG given its site prefix."""
-    return f"{prefix}_w{channel}.png"

@@ -120,7 +120,10 @@ def build_class_index(wells: pd.DataFrame) -> pd.DataFrame:
 
 
 def build_sites(wells: pd.DataFrame) -> pd.DataFrame:
-    """One row per (well, site) with the six channel PNG paths relative to data_root."""
+    """One row per (well, site) with the six channel PNG paths relative to data_root.
+
+    Vectorised form of ``plates.site_prefix`` + ``_w{channel}.png``.
+    """
     sites = wells[["id_code", "split", "experiment", "plate", "well"]].merge(
         pd.DataFrame({"site": list(SITES)}), how="cross")
     prefix = (sites["split"] + "/" + sites["experiment"] + "/Plate" + sites["plate"].astype(str) + "/"

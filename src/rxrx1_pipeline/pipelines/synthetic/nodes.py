@@ -15,11 +15,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from rxrx1_pipeline.plates import CELL_LINES, PLATES, SITES, WELLS, id_code, site_prefix
+from rxrx1_pipeline.plates import CHANNELS, PLATES, SITES, WELLS, id_code, site_prefix
 
 log = logging.getLogger(__name__)
 
-N_CHANNELS = 6
+N_CHANNELS = len(CHANNELS)
 
 
 def _rotation_cycles(n_rotations: int) -> tuple[list[int], list[int]]:
@@ -190,5 +190,3 @@ def render_sites(truth: pd.DataFrame, params: dict) -> dict[str, Callable[[], np
              params["image_size"])
     return renderers
 
-
-__all__ = ["CELL_LINES", "design_plates", "render_sites"]
