@@ -15,7 +15,7 @@ TINY_MODEL = {
     "valid_experiments": 1, "arch": "test_resnet", "pretrained_weights": None, "image_size": 16,
     "embedding_dim": 16, "head": "cosface", "margin": 0.1, "scale": 16.0, "normalization": "plate",
     "epochs": 2, "batch_size": 16, "lr": 0.003, "weight_decay": 0.0, "seed": 0, "tta": 2,
-    "validate_every": 1, "decoded_cache": True, "num_workers": 0,
+    "validate_every": 1, "decoded_cache": True, "decoded_cache_max_gib": 1, "num_workers": 0,
 }
 
 

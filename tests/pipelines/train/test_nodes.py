@@ -51,6 +51,8 @@ def test_decoded_cache_matches_pngs_and_can_be_off(prepared, tiny_model):
     np.testing.assert_array_equal(images[row["cache_row"]], read_site(Path(root), row["w1"][:-7]))
     off = decode_sites(model_sites, root, {**tiny_model, "decoded_cache": False})
     assert off.shape[0] == 0
+    too_big = decode_sites(model_sites, root, {**tiny_model, "decoded_cache_max_gib": 1e-6})
+    assert too_big.shape == (0, 6, 16, 16)
 
 
 def test_plate_statistics_are_each_plates_own(prepared, tiny_model):
@@ -151,3 +153,20 @@ def test_missing_image_is_an_error_naming_the_file(tiny_data, tiny_model, tmp_pa
     victim.write_bytes(b"not a png")
     with pytest.raises(OSError, match=f"cannot read image {victim}"):
         plate_statistics(model_sites, np.zeros((0, 6, 16, 16), np.uint8), str(copy), tiny_model)
+
+
+def test_local_pretrained_weights_adapt_the_first_conv(tmp_path):
+    import timm
+    from timm.models import adapt_input_conv
+
+    source = timm.create_model("test_resnet", pretrained=False, in_chans=3, num_classes=10)
+    torch.save(source.state_dict(), tmp_path / "weights.pth")
+    net = EmbeddingNet("test_resnet", n_classes=4, embedding_dim=8, pretrained_weights=str(tmp_path / "weights.pth"))
+    own = net.backbone.state_dict()
+    conv = next(k for k, v in source.state_dict().items() if v.ndim == 4)
+    assert own[conv].shape[1] == 6
+    torch.testing.assert_close(own[conv], adapt_input_conv(6, source.state_dict()[conv]))
+    other = [k for k, v in source.state_dict().items() if v.ndim == 4][-1]
+    torch.testing.assert_close(own[other], source.state_dict()[other])
+    with pytest.raises(FileNotFoundError, match="pretrained_weights: no such file"):
+        EmbeddingNet("test_resnet", 4, 8, pretrained_weights=str(tmp_path / "missing.pth"))

@@ -49,15 +49,22 @@ def select_sites(wells: pd.DataFrame, sites: pd.DataFrame, classes: pd.DataFrame
 def decode_sites(model_sites: pd.DataFrame, data_root: str, model: dict) -> np.ndarray:
     """Decoded (N, 6, S, S) uint8 images at training resolution, row = ``cache_row``.
 
-    With ``decoded_cache: false`` returns an empty array and the loaders read the PNGs instead.
+    With ``decoded_cache: false``, or when the cache would exceed ``decoded_cache_max_gib``, returns an
+    empty array and the loaders read the PNGs instead.
     """
     from tqdm.auto import tqdm
 
     from rxrx1_pipeline.model import SiteImages, loader
 
     size = model["image_size"]
+    empty = np.zeros((0, 6, size, size), np.uint8)
     if not model["decoded_cache"]:
-        return np.zeros((0, 6, size, size), np.uint8)
+        return empty
+    gib = len(model_sites) * 6 * size * size / 2**30
+    if gib > model["decoded_cache_max_gib"]:
+        log.warning("Decoded cache would take %.1f GiB (> decoded_cache_max_gib %s): reading PNGs instead",
+                    gib, model["decoded_cache_max_gib"])
+        return empty
     out = np.empty((len(model_sites), 6, size, size), np.uint8)
     data = loader(SiteImages(model_sites, data_root, size), model["batch_size"], model["num_workers"])
     for images, idx, _ in tqdm(data, desc="decoding sites", unit="batch", mininterval=2, disable=None):
@@ -108,7 +115,7 @@ def train_model(model_sites: pd.DataFrame, site_images: np.ndarray, plate_stats:
     generator = seed_everything(model["seed"])
     fit = model_sites[model_sites["role"] == "fit"]
     valid = model_sites[(model_sites["role"] == "valid") & (model_sites["well_type"] == "treatment")]
-    settings = {k: v for k, v in model.items() if k not in ("num_workers", "decoded_cache")}
+    settings = {k: v for k, v in model.items() if k not in ("num_workers", "decoded_cache", "decoded_cache_max_gib")}
     run_id = fingerprint({"settings": settings, "fit": fit["id_code"].tolist(), "classes": len(classes)})
 
     net = EmbeddingNet(model["arch"], len(classes), model["embedding_dim"], model["head"], model["margin"],
