@@ -136,7 +136,11 @@ def train_model(model_sites: pd.DataFrame, site_images: np.ndarray, plate_stats:
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         history, start = state["history"], state["epoch"]
-        log.info("%s: resuming from checkpoint after epoch %d of %d", cell_line, start, model["epochs"])
+        if start < model["epochs"]:
+            log.info("%s: resuming from checkpoint after epoch %d of %d", cell_line, start, model["epochs"])
+        else:
+            log.info("%s: the checkpoint already holds all %d epochs of these settings and data; reusing it "
+                     "(delete it to retrain)", cell_line, start)
     elif state is not None:
         log.info("%s: checkpoint belongs to other settings or data; training from scratch", cell_line)
 
