@@ -29,7 +29,11 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from rxrx1_pipeline.pipelines.ingest.nodes import build_wells  # noqa: E402
 from rxrx1_pipeline.pipelines.plate_groups.nodes import (  # noqa: E402
-    assign_train_plate_groups, discover_sirna_groups, layout_matrix, tabulate_plate_layouts)
+    assign_train_plate_groups,
+    discover_sirna_groups,
+    layout_matrix,
+    tabulate_plate_layouts,
+)
 from rxrx1_pipeline.pipelines.postprocess import nodes as pp  # noqa: E402
 
 CSVS = ("train.csv", "test.csv", "train_controls.csv", "test_controls.csv")

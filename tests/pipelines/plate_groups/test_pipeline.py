@@ -11,8 +11,12 @@ from kedro.runner import SequentialRunner
 from rxrx1_pipeline.pipelines.ingest.nodes import build_wells
 from rxrx1_pipeline.pipelines.plate_groups import create_pipeline
 from rxrx1_pipeline.pipelines.plate_groups.nodes import (
-    PlateStructureError, assign_train_plate_groups, discover_sirna_groups, layout_matrix,
-    tabulate_plate_layouts)
+    PlateStructureError,
+    assign_train_plate_groups,
+    discover_sirna_groups,
+    layout_matrix,
+    tabulate_plate_layouts,
+)
 
 from .builders import make_wells
 

@@ -7,10 +7,22 @@ import pandas as pd
 import pytest
 
 from rxrx1_pipeline.pipelines.plate_groups.nodes import (
-    assign_train_plate_groups, discover_sirna_groups, layout_matrix, tabulate_plate_layouts)
+    assign_train_plate_groups,
+    discover_sirna_groups,
+    layout_matrix,
+    tabulate_plate_layouts,
+)
 from rxrx1_pipeline.pipelines.postprocess.nodes import (
-    LogitsError, assign_plate, assign_wells, build_submission, evaluate, fit_temperature, infer_layouts,
-    row_argmax, split_logits)
+    LogitsError,
+    assign_plate,
+    assign_wells,
+    build_submission,
+    evaluate,
+    fit_temperature,
+    infer_layouts,
+    row_argmax,
+    split_logits,
+)
 from tests.pipelines.plate_groups.builders import make_wells
 
 ROTATION = {"min_confidence": 0.99}

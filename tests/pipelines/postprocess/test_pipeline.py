@@ -9,7 +9,10 @@ from pathlib import Path
 import pandas as pd
 
 from rxrx1_pipeline.pipelines.plate_groups.nodes import (
-    assign_train_plate_groups, discover_sirna_groups, tabulate_plate_layouts)
+    assign_train_plate_groups,
+    discover_sirna_groups,
+    tabulate_plate_layouts,
+)
 from tests.pipelines.plate_groups.builders import make_wells
 
 from .test_nodes import simulated_logits

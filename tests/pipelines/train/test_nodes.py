@@ -42,8 +42,9 @@ def test_select_sites_holds_out_whole_experiments(tiny_data, tiny_model):
 
 
 def test_decoded_cache_matches_pngs_and_can_be_off(prepared, tiny_model):
-    from rxrx1_pipeline.datasets import read_site
     from pathlib import Path
+
+    from rxrx1_pipeline.datasets import read_site
 
     root, _, model_sites, images, _ = prepared
     assert images.shape == (len(model_sites), 6, 16, 16) and images.dtype == np.uint8

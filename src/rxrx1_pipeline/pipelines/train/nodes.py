@@ -108,8 +108,7 @@ def train_model(model_sites: pd.DataFrame, site_images: np.ndarray, plate_stats:
     import torch
     from tqdm.auto import tqdm
 
-    from rxrx1_pipeline.model import (EmbeddingNet, SiteImages, cosine_lr, device, fingerprint, loader,
-                                      seed_everything)
+    from rxrx1_pipeline.model import EmbeddingNet, SiteImages, cosine_lr, device, fingerprint, loader, seed_everything
 
     dev = device()
     generator = seed_everything(model["seed"])
@@ -225,6 +224,7 @@ def embed_sites(net, norm, sites: pd.DataFrame, site_images: np.ndarray, data_ro
                 tta: int) -> tuple[np.ndarray, np.ndarray]:
     """(logits over all classes, embeddings) per site, averaged over ``tta`` dihedral views."""
     import torch
+    from tqdm.auto import tqdm
 
     from rxrx1_pipeline.model import SiteImages, device, dihedral, loader
 
@@ -236,7 +236,8 @@ def embed_sites(net, norm, sites: pd.DataFrame, site_images: np.ndarray, data_ro
     was_training = net.training
     net.eval()
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-        for images, idx, _ in data:
+        for images, idx, _ in tqdm(data, desc="embedding sites", unit="batch", leave=False, mininterval=1,
+                                   disable=None):
             x = norm(images.to(dev), plates[idx])
             emb = torch.stack([net(dihedral(x, k)).float() for k in range(tta)]).mean(0)
             logits.append(net.logits(emb).float().cpu().numpy())
