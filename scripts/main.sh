@@ -4,7 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export KEDRO_DISABLE_TELEMETRY=1
-if [ ! -f data/01_raw/synthetic/train.csv ]; then
+# The image folders appear only once generation has finished (see SiteImagesDataset.save).
+if [ ! -f data/01_raw/synthetic/train.csv ] || [ ! -d data/01_raw/synthetic/test ]; then
     .venv/bin/kedro run --pipelines=synthetic
 fi
 .venv/bin/kedro run --pipelines=full "$@"

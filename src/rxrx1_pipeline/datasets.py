@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
@@ -33,13 +34,23 @@ class SiteImagesDataset(AbstractDataset[dict, dict]):
         return {p: (lambda p=p: read_site(self._path, p)) for p in prefixes}
 
     def save(self, data: dict[str, np.ndarray | Callable[[], np.ndarray]]) -> None:
+        """Write every site into a staging folder, then swap each top folder (train/, test/) into place,
+        so an interrupted save leaves no half-written tree behind."""
+        staging = self._path / ".partial"
+        shutil.rmtree(staging, ignore_errors=True)
+
         def write(item):
             prefix, value = item
-            write_site(self._path, prefix, value() if callable(value) else value)
+            write_site(staging, prefix, value() if callable(value) else value)
 
         with ThreadPoolExecutor(self._workers) as pool:
-            for _ in tqdm(pool.map(write, data.items()), total=len(data), desc="writing sites", unit="site", mininterval=1):
+            for _ in tqdm(pool.map(write, data.items()), total=len(data), desc="writing sites", unit="site",
+                          mininterval=1):
                 pass
+        for top in sorted(staging.iterdir()):
+            shutil.rmtree(self._path / top.name, ignore_errors=True)
+            top.replace(self._path / top.name)
+        staging.rmdir()
 
     def _exists(self) -> bool:
         return self._path.is_dir() and any(self._path.glob("*/*/*/*_w1.png"))

@@ -171,3 +171,26 @@ def test_local_pretrained_weights_adapt_the_first_conv(tmp_path):
     torch.testing.assert_close(own[other], source.state_dict()[other])
     with pytest.raises(FileNotFoundError, match="pretrained_weights: no such file"):
         EmbeddingNet("test_resnet", 4, 8, pretrained_weights=str(tmp_path / "missing.pth"))
+
+
+def test_site_images_save_swaps_in_complete_trees_only(tmp_path):
+    from rxrx1_pipeline.datasets import SiteImagesDataset
+
+    site = np.full((6, 4, 4), 7, np.uint8)
+    dataset = SiteImagesDataset(path=str(tmp_path), workers=1)
+    dataset.save({"train/X-01/Plate1/B02_s1": site, "test/X-02/Plate1/B02_s1": site})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["test", "train"]
+
+    def broken():
+        raise RuntimeError("interrupted")
+
+    from kedro.io import DatasetError
+
+    with pytest.raises(DatasetError, match="Failed while saving") as failure:
+        dataset.save({"train/X-01/Plate1/B03_s1": site, "test/X-02/Plate1/B03_s1": broken})
+    assert "interrupted" in repr(failure.value.__cause__)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.glob("*/*/*/*_w1.png")) == [
+        "test/X-02/Plate1/B02_s1_w1.png", "train/X-01/Plate1/B02_s1_w1.png"]  # the old tree, untouched
+    dataset.save({"train/X-03/Plate2/C05_s2": site})  # train/ is replaced as a whole, test/ is kept
+    assert list(dataset.load()) == ["test/X-02/Plate1/B02_s1", "train/X-03/Plate2/C05_s2"]
+    np.testing.assert_array_equal(dataset.load()["train/X-03/Plate2/C05_s2"](), site)
