@@ -75,8 +75,13 @@ def dihedral(image: torch.Tensor, k: int) -> torch.Tensor:
 
 def loader(dataset: SiteImages, batch_size: int, workers: int, shuffle: bool = False,
            generator: torch.Generator | None = None) -> DataLoader:
-    """Batches of (images, positions, labels); worker processes only when PNGs are decoded."""
+    """Batches of (images, positions, labels); worker processes only when PNGs are decoded.
+
+    Without a generator, a fixed private one is used: iterating a DataLoader otherwise draws from the
+    global torch RNG, so a validation pass would change the training's augmentations.
+    """
     workers = 0 if dataset.cache is not None else workers
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
                       generator=generator, persistent_workers=False, drop_last=False,
                       pin_memory=torch.cuda.is_available())

@@ -194,3 +194,13 @@ def test_site_images_save_swaps_in_complete_trees_only(tmp_path):
     dataset.save({"train/X-03/Plate2/C05_s2": site})  # train/ is replaced as a whole, test/ is kept
     assert list(dataset.load()) == ["test/X-02/Plate1/B02_s1", "train/X-03/Plate2/C05_s2"]
     np.testing.assert_array_equal(dataset.load()["train/X-03/Plate2/C05_s2"](), site)
+
+
+def test_validation_passes_do_not_change_training(prepared, tiny_model, tmp_path):
+    root, classes, model_sites, images, stats = prepared
+    args = (model_sites, images, stats, classes)
+    with_checks, _ = train_model(*args, CheckpointStore(tmp_path / "a.pt"), root, "HEPG2", tiny_model)
+    without, _ = train_model(*args, CheckpointStore(tmp_path / "b.pt"), root, "HEPG2",
+                             {**tiny_model, "validate_every": 0})
+    for key, value in with_checks["state_dict"].items():
+        torch.testing.assert_close(without["state_dict"][key], value, msg=key)

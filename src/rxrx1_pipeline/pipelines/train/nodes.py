@@ -11,6 +11,8 @@ import pandas as pd
 log = logging.getLogger(__name__)
 
 STAT_COLUMNS = [f"{s}_w{c}" for s in ("mean", "std") for c in range(1, 7)]
+# Settings that do not change the trained model, left out of the checkpoint fingerprint.
+RUNTIME_ONLY = ("num_workers", "decoded_cache", "decoded_cache_max_gib")
 
 
 def select_sites(wells: pd.DataFrame, sites: pd.DataFrame, classes: pd.DataFrame, cell_line: str,
@@ -106,7 +108,6 @@ def train_model(model_sites: pd.DataFrame, site_images: np.ndarray, plate_stats:
     Returns the final checkpoint (settings + weights) and the per-epoch history.
     """
     import torch
-    from tqdm.auto import tqdm
 
     from rxrx1_pipeline.model import EmbeddingNet, SiteImages, cosine_lr, device, fingerprint, loader, seed_everything
 
@@ -114,7 +115,7 @@ def train_model(model_sites: pd.DataFrame, site_images: np.ndarray, plate_stats:
     generator = seed_everything(model["seed"])
     fit = model_sites[model_sites["role"] == "fit"]
     valid = model_sites[(model_sites["role"] == "valid") & (model_sites["well_type"] == "treatment")]
-    settings = {k: v for k, v in model.items() if k not in ("num_workers", "decoded_cache", "decoded_cache_max_gib")}
+    settings = {k: v for k, v in model.items() if k not in RUNTIME_ONLY}
     run_id = fingerprint({"settings": settings, "fit": fit["id_code"].tolist(), "classes": len(classes)})
 
     net = EmbeddingNet(model["arch"], len(classes), model["embedding_dim"], model["head"], model["margin"],
@@ -147,29 +148,11 @@ def train_model(model_sites: pd.DataFrame, site_images: np.ndarray, plate_stats:
                                  fit["class_index"].to_numpy(), augment=True),
                       model["batch_size"], model["num_workers"], shuffle=True, generator=generator)
     fit_plates = torch.from_numpy(fit["plate_index"].to_numpy(copy=True))
-    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda")
     for epoch in range(start, model["epochs"]):
         t0 = time.perf_counter()
-        net.train()
-        loss_sum = correct = seen = 0
-        bar = tqdm(fit_data, desc=f"{cell_line} epoch {epoch + 1}/{model['epochs']}", unit="batch",
-                   leave=False, mininterval=1, disable=None)
-        for images, idx, labels in bar:
-            x = norm(images.to(dev, non_blocking=True), fit_plates[idx])
-            labels = labels.to(dev)
-            with amp:
-                emb = net(x)
-                logits = net.logits(emb.float(), labels)
-                loss = torch.nn.functional.cross_entropy(logits, labels)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            loss_sum += loss.item() * len(labels)
-            correct += (logits.argmax(1) == labels).sum().item()
-            seen += len(labels)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
-        row = {"epoch": epoch + 1, "loss": loss_sum / seen, "fit_accuracy": correct / seen,
+        loss, accuracy = run_epoch(net, norm, opt, sched, fit_data, fit_plates,
+                                   f"{cell_line} epoch {epoch + 1}/{model['epochs']}")
+        row = {"epoch": epoch + 1, "loss": loss, "fit_accuracy": accuracy,
                "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
         if len(valid) and (model["validate_every"] and ((epoch + 1) % model["validate_every"] == 0
                                                         or epoch + 1 == model["epochs"])):
@@ -186,6 +169,32 @@ def train_model(model_sites: pd.DataFrame, site_images: np.ndarray, plate_stats:
     final = {"arch": model["arch"], "n_classes": len(classes), "settings": settings,
              "state_dict": {k: v.cpu() for k, v in net.state_dict().items()}}
     return final, pd.DataFrame(history)
+
+
+def run_epoch(net, norm, opt, sched, data, plates, desc: str) -> tuple[float, float]:
+    """One pass over the fit sites (bf16 autocast on CUDA); returns mean loss and site accuracy."""
+    import torch
+    from tqdm.auto import tqdm
+
+    dev = next(net.parameters()).device
+    net.train()
+    loss_sum = correct = seen = 0
+    bar = tqdm(data, desc=desc, unit="batch", leave=False, mininterval=1, disable=None)
+    for images, idx, labels in bar:
+        x = norm(images.to(dev, non_blocking=True), plates[idx])
+        labels = labels.to(dev)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            logits = net.logits(net(x).float(), labels)
+            loss = torch.nn.functional.cross_entropy(logits, labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        loss_sum += loss.item() * len(labels)
+        correct += (logits.argmax(1) == labels).sum().item()
+        seen += len(labels)
+        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+    return loss_sum / seen, correct / seen
 
 
 def plot_history(history: pd.DataFrame, cell_line: str):
