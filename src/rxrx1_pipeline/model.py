@@ -1,4 +1,4 @@
-"""Torch pieces of the model half: image source, normalisation, embedding network, checkpoints.
+"""Torch pieces of the model half: image source, normalisation, embedding network, run fingerprints.
 
 Imported only inside node functions, so that kedro start-up does not pay for torch and timm.
 """
@@ -23,9 +23,6 @@ from rxrx1_pipeline.datasets import read_site
 from rxrx1_pipeline.plates import CHANNELS
 
 log = logging.getLogger(__name__)
-
-CHANNEL_COLUMNS = [f"w{c}" for c in CHANNELS]
-
 
 def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
