@@ -31,10 +31,11 @@ from rxrx1_pipeline.pipelines.ingest.nodes import build_wells  # noqa: E402
 from rxrx1_pipeline.pipelines.plate_groups.nodes import (  # noqa: E402
     assign_train_plate_groups,
     discover_sirna_groups,
-    layout_matrix,
     tabulate_plate_layouts,
 )
+from rxrx1_pipeline.pipelines.postprocess import kernels  # noqa: E402
 from rxrx1_pipeline.pipelines.postprocess import nodes as pp  # noqa: E402
+from rxrx1_pipeline.plates import layout_matrix  # noqa: E402
 
 CSVS = ("train.csv", "test.csv", "train_controls.csv", "test_controls.csv")
 STRENGTHS = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.6)
@@ -121,15 +122,15 @@ def stage_times(test_logits, valid_logits, wells, groups, layouts, params, repea
     for _ in range(repeats):
         t = {}
         (rows, x, _, col_group), t["  logits table to array"] = timed(pp.split_logits, test_logits, wells, groups)
-        _, t["  group log-probabilities"] = timed(pp.group_log_probs, x, col_group, n_groups)
+        _, t["  group log-probabilities"] = timed(kernels.group_log_probs, x, col_group, n_groups)
         pg, t["layout inference (node)"] = timed(pp.infer_layouts, test_logits, wells, groups, layouts, ROTATION)
         cal, t["temperature fit on valid (node)"] = timed(pp.fit_temperature, valid_logits, wells, groups, params)
         well_group = pp.plate_group_of_wells(rows, pg)
-        _, t["  raw argmax"] = timed(pp.row_argmax, x)
-        _, t["  masking to the plate group"] = timed(pp.mask_to_plate_group, x, col_group, well_group)
+        _, t["  raw argmax"] = timed(kernels.row_argmax, x)
+        _, t["  masking to the plate group"] = timed(kernels.mask_to_plate_group, x, col_group, well_group)
         key, names = pd.factorize(rows["experiment"] + " plate " + rows["plate"].astype(str))
         _, t["  assignment (softmax, Sinkhorn, LSA per plate)"] = timed(
-            pp.assign_per_plate, x, col_group, well_group, key, np.asarray(names), cal["temperature"],
+            kernels.assign_per_plate, x, col_group, well_group, key, np.asarray(names), cal["temperature"],
             params["cost"], params["sinkhorn_iterations"])
         pred, t["mask + assignment (node)"] = timed(pp.assign_wells, test_logits, wells, groups, pg, cal, params)
         _, t["submission (node)"] = timed(pp.build_submission, pred, wells)

@@ -1,4 +1,8 @@
-"""Custom Kedro datasets: RxRx1 image trees and torch checkpoints (torch imported lazily)."""
+"""Custom Kedro datasets: RxRx1 PNG trees, the decode-once image store, torch checkpoints.
+
+Image datasets load as picklable readers (``images.PngSites``, ``images.ImageStore``), never as
+pixels; torch is imported lazily.
+"""
 
 from __future__ import annotations
 
@@ -13,14 +17,15 @@ import numpy as np
 from kedro.io import AbstractDataset
 from tqdm.auto import tqdm
 
-from rxrx1_pipeline.plates import CHANNELS
+from rxrx1_pipeline.images import DecodeJob, ImageStore, PngSites, build_store, write_site
 
 
-class SiteImagesDataset(AbstractDataset[dict, dict]):
-    """An RxRx1 image tree: ``{prefix: (6, H, W) uint8}`` <-> ``{prefix}_w{1..6}.png`` under ``path``.
+class SiteImagesDataset(AbstractDataset[dict, PngSites]):
+    """An RxRx1 PNG tree under ``path``: ``{prefix}_w{1..6}.png`` per site.
 
-    ``prefix`` is e.g. ``train/HEPG2-01/Plate1/B02_s1``. Values may be arrays or callables
-    returning arrays, so a generator can render lazily while saving. Loading returns lazy callables.
+    Loads as a :class:`PngSites` reader. Saves ``{prefix: (6, H, W) uint8}``, where values may be
+    callables returning arrays, so a generator renders lazily while saving. ``prefix`` is e.g.
+    ``train/HEPG2-01/Plate1/B02_s1``.
     """
 
     def __init__(self, *, path: str, workers: int | None = None, metadata: dict | None = None):
@@ -28,10 +33,8 @@ class SiteImagesDataset(AbstractDataset[dict, dict]):
         self._workers = workers or min(4, os.cpu_count() or 1)
         self.metadata = metadata
 
-    def load(self) -> dict[str, Callable[[], np.ndarray]]:
-        prefixes = sorted({str(p.relative_to(self._path))[: -len("_w1.png")]
-                           for p in self._path.glob("*/*/*/*_w1.png")})
-        return {p: (lambda p=p: read_site(self._path, p)) for p in prefixes}
+    def load(self) -> PngSites:
+        return PngSites(self._path)
 
     def save(self, data: dict[str, np.ndarray | Callable[[], np.ndarray]]) -> None:
         """Write every site into a staging folder, then swap each top folder (train/, test/) into place,
@@ -59,39 +62,6 @@ class SiteImagesDataset(AbstractDataset[dict, dict]):
         return {"path": str(self._path)}
 
 
-def write_site(root: Path, prefix: str, image: np.ndarray) -> None:
-    """Write one site's (6, H, W) uint8 array as six PNGs."""
-    from PIL import Image
-
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[0] != len(CHANNELS):
-        raise ValueError(f"{prefix}: expected a (6, H, W) uint8 array, got {image.dtype} {image.shape}")
-    target = root / PurePosixPath(prefix)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    for c, channel in zip(CHANNELS, image):
-        Image.fromarray(channel).save(f"{target}_w{c}.png", compress_level=1)
-
-
-def read_site(root: Path, prefix: str, size: int | None = None) -> np.ndarray:
-    """Read one site's six PNGs as (6, H, W) uint8, optionally resized to ``size``.
-
-    A missing or unreadable image raises an error naming the file.
-    """
-    from PIL import Image
-
-    channels = []
-    for c in CHANNELS:
-        file = root / f"{prefix}_w{c}.png"
-        try:
-            with Image.open(file) as im:
-                im = im.convert("L")
-                if size is not None and im.size != (size, size):
-                    im = im.resize((size, size), Image.BILINEAR)
-                channels.append(np.asarray(im))
-        except (OSError, ValueError) as exc:
-            raise OSError(f"cannot read image {file}: {exc}") from exc
-    return np.stack(channels)
-
-
 class _FileDataset(AbstractDataset):
     """A dataset stored in one local file, written atomically (temp file, then rename)."""
 
@@ -112,18 +82,26 @@ class _FileDataset(AbstractDataset):
         return {"filepath": str(self._path)}
 
 
-class NpyDataset(_FileDataset):
-    """A numpy array in .npy format; loads memory-mapped so large caches stay on disk."""
+class ImageStoreDataset(AbstractDataset[DecodeJob, ImageStore]):
+    """The decode-once image store in folder ``path``: saving a :class:`DecodeJob` builds (or resumes,
+    or reuses) it with ``workers`` processes (default: all cores); loading gives an :class:`ImageStore`."""
 
-    def load(self) -> np.ndarray:
-        return np.load(self._path, mmap_mode="r")
+    def __init__(self, *, path: str, workers: int | None = None, metadata: dict | None = None):
+        self._path = Path(path)
+        self._workers = workers
+        self.metadata = metadata
 
-    def save(self, data: np.ndarray) -> None:
-        def write(tmp: Path) -> None:
-            with open(tmp, "wb") as f:
-                np.save(f, data)
+    def load(self) -> ImageStore:
+        return ImageStore(self._path)
 
-        self._write(write)
+    def save(self, data: DecodeJob) -> None:
+        build_store(self._path, data, self._workers)
+
+    def _exists(self) -> bool:
+        return (self._path / "manifest.json").is_file()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": str(self._path), "workers": self._workers}
 
 
 class TorchCheckpointDataset(_FileDataset):
@@ -140,25 +118,12 @@ class TorchCheckpointDataset(_FileDataset):
         self._write(lambda tmp: torch.save(data, tmp))
 
 
-class CheckpointStore:
-    """Where a training run keeps its last epoch, so an interrupted run resumes from it."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-
-    def latest(self) -> dict | None:
-        """The last saved training state, or None."""
-        return TorchCheckpointDataset(filepath=str(self.path)).load() if self.path.is_file() else None
-
-    def save(self, state: dict) -> None:
-        """Atomically replace the last training state."""
-        TorchCheckpointDataset(filepath=str(self.path)).save(state)
-
-
 class CheckpointStoreDataset(_FileDataset):
-    """Hands a training node its :class:`CheckpointStore` (loading gives the store, not the state)."""
+    """Hands a training node its ``nn.checkpoints.CheckpointStore`` (loading gives the store, not a state)."""
 
-    def load(self) -> CheckpointStore:
+    def load(self):
+        from rxrx1_pipeline.nn.checkpoints import CheckpointStore
+
         return CheckpointStore(self._path)
 
     def save(self, data) -> None:

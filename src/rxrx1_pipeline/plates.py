@@ -1,4 +1,7 @@
-"""Plate geometry and naming of the RxRx1 layout, shared by all pipelines."""
+"""Plate geometry, naming and the plate-layout table format of RxRx1, shared by all pipelines."""
+
+import numpy as np
+import pandas as pd
 
 ROWS = "BCDEFGHIJKLMNO"  # the outer ring (A, P, 01, 24) of the 384-well plate is unused
 COLUMNS = range(2, 24)
@@ -17,3 +20,29 @@ def id_code(experiment: str, plate: int, well: str) -> str:
 def site_prefix(split: str, experiment: str, plate: int, well: str, site: int) -> str:
     """Image path of one site without the channel suffix, relative to data_root."""
     return f"{split}/{experiment}/Plate{plate}/{well}_s{site}"
+
+
+# The plate-layout table format: one column ``plate_<p>`` per plate holding the plate group on it.
+# ``plate_layouts`` (candidate layouts) and ``{valid,test}_plate_groups`` (one row per experiment) use it.
+LAYOUT_PREFIX = "plate_"
+
+
+def layout_columns(plates) -> list[str]:
+    """Column names of the group-per-plate columns, e.g. ``plate_1``."""
+    return [f"{LAYOUT_PREFIX}{int(p)}" for p in plates]
+
+
+def layout_matrix(table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(plate numbers ascending, rows x plates int64 array of groups) of a layout table."""
+    cols = [c for c in table.columns if c.startswith(LAYOUT_PREFIX)]
+    plates = np.array([int(c.removeprefix(LAYOUT_PREFIX)) for c in cols])
+    order = np.argsort(plates)
+    return plates[order], table[[cols[i] for i in order]].to_numpy(np.int64)
+
+
+def layout_long(table: pd.DataFrame, value_name: str = "group") -> pd.DataFrame:
+    """A per-experiment layout table in long form: experiment, plate (int64), ``value_name``."""
+    cols = [c for c in table.columns if c.startswith(LAYOUT_PREFIX)]
+    long = table.melt(id_vars="experiment", value_vars=cols, var_name="plate", value_name=value_name)
+    long["plate"] = long["plate"].str.removeprefix(LAYOUT_PREFIX).astype(np.int64)
+    return long

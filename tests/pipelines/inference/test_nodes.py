@@ -1,9 +1,12 @@
 import numpy as np
 import pandas as pd
 
-from rxrx1_pipeline.datasets import CheckpointStore
+import pytest
+
+from rxrx1_pipeline.nn.checkpoints import CheckpointStore
 from rxrx1_pipeline.pipelines.inference.nodes import combine_cell_lines, per_well, predict_wells
-from rxrx1_pipeline.pipelines.train.nodes import decode_sites, plate_statistics, select_sites, train_model
+from rxrx1_pipeline.pipelines.train.nodes import train_model
+from tests.pipelines.conftest import TINY_INFERENCE
 
 
 def test_per_well_averages_sites():
@@ -16,15 +19,13 @@ def test_per_well_averages_sites():
     assert (out.dtypes.iloc[1:] == np.float32).all()
 
 
-def test_logits_follow_the_cached_logits_contract(tiny_data, tiny_model, tmp_path):
-    root, wells, sites, classes = tiny_data
-    model_sites = select_sites(wells, sites, classes, "HEPG2", tiny_model)
-    images = decode_sites(model_sites, root, tiny_model)
-    stats = plate_statistics(model_sites, images, root, tiny_model)
-    checkpoint, _ = train_model(model_sites, images, stats, classes, CheckpointStore(tmp_path / "c.pt"), root,
-                                "HEPG2", {**tiny_model, "epochs": 1})
+def test_logits_follow_the_cached_logits_contract(tiny_data, prepared, tiny_training, tmp_path):
+    wells = tiny_data[1]
+    classes, model_sites, images, stats = prepared
+    checkpoint, _ = train_model(model_sites, images, stats, classes, CheckpointStore(tmp_path / "c.pt"),
+                                "HEPG2", {**tiny_training, "epochs": 1})
     valid_logits, test_logits, valid_emb, test_emb = predict_wells(
-        checkpoint, model_sites, images, stats, classes, root, "HEPG2", tiny_model)
+        checkpoint, model_sites, images, stats, classes, "HEPG2", TINY_INFERENCE)
 
     treatment = wells[wells["well_type"] == "treatment"]
     sirnas = sorted(classes.loc[classes["well_type"] == "treatment", "sirna"])
@@ -35,12 +36,19 @@ def test_logits_follow_the_cached_logits_contract(tiny_data, tiny_model, tmp_pat
         assert (logits.dtypes.iloc[1:] == np.float32).all()
         assert np.isfinite(logits.iloc[:, 1:].to_numpy()).all()
     assert list(valid_emb["id_code"]) == list(valid_logits["id_code"])
-    assert valid_emb.shape[1] == 1 + tiny_model["embedding_dim"]
+    assert valid_emb.shape[1] == 1 + tiny_training["embedding_dim"]
     assert len(test_emb) == len(test_logits)
 
-    # the same checkpoint gives the same logits (deterministic inference)
-    again = predict_wells(checkpoint, model_sites, images, stats, classes, root, "HEPG2", tiny_model)[0]
+    # the same checkpoint gives the same logits (deterministic inference), also read by loader workers
+    again = predict_wells(checkpoint, model_sites, images, stats, classes, "HEPG2",
+                          {**TINY_INFERENCE, "num_workers": 2})[0]
     pd.testing.assert_frame_equal(again, valid_logits)
+
+    # the image size comes from the checkpoint, and must match the store
+    other = {**checkpoint, "settings": {**checkpoint["settings"], "image_size": 32}}
+    with pytest.raises(ValueError, match="HEPG2: the model was trained on 32 px images but the image store "
+                                         "holds 16 px"):
+        predict_wells(other, model_sites, images, stats, classes, "HEPG2", TINY_INFERENCE)
 
     both = combine_cell_lines(test_logits.iloc[3:], test_logits.iloc[:3])
     pd.testing.assert_frame_equal(both, test_logits.sort_values("id_code", ignore_index=True))

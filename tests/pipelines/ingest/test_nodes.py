@@ -13,7 +13,7 @@ from rxrx1_pipeline.pipelines.ingest.nodes import (
     build_sites,
     build_wells,
 )
-from tests.conftest import kedro_run
+from tests.conftest import session_run
 
 # Treatment siRNAs 0-9, positive controls 10-11, negative control 12.
 CSV = {
@@ -187,14 +187,12 @@ def test_missing_file_fails_the_ingest_run(project_copy, tmp_path):
     for f in FILES:
         if f != "test.csv":
             (data_root / f).write_text(CSV[f])
-    res = kedro_run(project_copy, "--pipelines=ingest", f"--params=data_root={data_root}")
-    assert res.returncode != 0
-    assert f"{data_root}/test.csv" in res.stderr
-    assert "No such file" in res.stderr
+    with pytest.raises(Exception, match=f"{data_root}/test.csv") as failure:
+        session_run(project_copy, "ingest", {"data_root": str(data_root)})
+    assert "No such file" in repr(failure.value.__cause__) + str(failure.value)
     assert not (project_copy / "data/02_intermediate/wells.parquet").exists()
     assert not (project_copy / "data/02_intermediate/sites.parquet").exists()
 
     (data_root / "test.csv").write_text(CSV["test.csv"])  # the same run succeeds once the file is there
-    res = kedro_run(project_copy, "--pipelines=ingest", f"--params=data_root={data_root}")
-    assert res.returncode == 0, res.stderr[-2000:]
+    session_run(project_copy, "ingest", {"data_root": str(data_root)})
     assert len(pd.read_parquet(project_copy / "data/02_intermediate/wells.parquet")) == 12

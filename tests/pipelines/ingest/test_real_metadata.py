@@ -6,16 +6,12 @@ import pandas as pd
 import pytest
 
 from rxrx1_pipeline.pipelines.ingest.nodes import build_class_index, build_sites, build_wells
-
-METADATA = Path(__file__).resolve().parents[3].parent / "shared" / "rxrx1" / "metadata"
-FILES = ("train.csv", "test.csv", "train_controls.csv", "test_controls.csv")
+from tests.conftest import CSVS
 
 
 @pytest.fixture(scope="module")
-def raw() -> dict[str, pd.DataFrame]:
-    if not all((METADATA / f).is_file() for f in FILES):
-        pytest.skip(f"real RxRx1 metadata not found in {METADATA}")
-    return {f: pd.read_csv(METADATA / f) for f in FILES}
+def raw(real_metadata: Path) -> dict[str, pd.DataFrame]:
+    return {f: pd.read_csv(real_metadata / f) for f in CSVS}
 
 
 @pytest.fixture(scope="module")

@@ -14,14 +14,11 @@ from rxrx1_pipeline.pipelines.plate_groups.nodes import (
     PlateStructureError,
     assign_train_plate_groups,
     discover_sirna_groups,
-    layout_matrix,
     tabulate_plate_layouts,
 )
-
-from .builders import make_wells
-
-METADATA = Path(__file__).resolve().parents[3] / ".." / "shared" / "rxrx1" / "metadata"
-CSVS = ("train.csv", "test.csv", "train_controls.csv", "test_controls.csv")
+from rxrx1_pipeline.plates import layout_matrix
+from tests.builders import make_wells
+from tests.conftest import CSVS
 
 
 def _discover(wells):
@@ -80,10 +77,8 @@ def test_pipeline_logs_the_structure(caplog):
     assert "2 of 4 candidates used in train, by 3/2 experiments" in caplog.text
 
 
-def test_real_metadata_has_4_groups_of_277_and_layouts_22_7_4():
-    if not all((METADATA / f).is_file() for f in CSVS):
-        pytest.skip(f"real RxRx1 metadata not found in {METADATA.resolve()}")
-    wells = build_wells(*(pd.read_csv(METADATA / f) for f in CSVS))
+def test_real_metadata_has_4_groups_of_277_and_layouts_22_7_4(real_metadata: Path):
+    wells = build_wells(*(pd.read_csv(real_metadata / f) for f in CSVS))
     groups, plates, layouts = _discover(wells)
     assert groups["group"].value_counts().tolist() == [277] * 4
     assert len(plates) == 33 * 4

@@ -9,36 +9,22 @@ import pytest
 from rxrx1_pipeline.pipelines.plate_groups.nodes import (
     assign_train_plate_groups,
     discover_sirna_groups,
-    layout_matrix,
     tabulate_plate_layouts,
 )
+from rxrx1_pipeline.pipelines.postprocess.kernels import LogitsError, assign_plate, row_argmax
 from rxrx1_pipeline.pipelines.postprocess.nodes import (
-    LogitsError,
-    assign_plate,
     assign_wells,
     build_submission,
     evaluate,
     fit_temperature,
     infer_layouts,
-    row_argmax,
     split_logits,
 )
-from tests.pipelines.plate_groups.builders import make_wells
+from rxrx1_pipeline.plates import layout_matrix
+from tests.builders import make_wells, simulated_logits
 
 ROTATION = {"min_confidence": 0.99}
 ASSIGN = {"cost": "prob", "temperature": "auto", "temperature_bounds": [0.02, 50.0], "sinkhorn_iterations": 10}
-
-
-def simulated_logits(wells: pd.DataFrame, truth: pd.Series, split: str, strength: float, seed: int = 0
-                     ) -> pd.DataFrame:
-    """Logits of a split's treatment wells: N(0, 1) plus ``strength`` on the true siRNA."""
-    treat = wells[(wells["split"] == split) & (wells["well_type"] == "treatment")]
-    sirnas = np.sort(truth[wells.loc[wells["well_type"] == "treatment", "id_code"]].unique())
-    x = np.random.default_rng(seed).standard_normal((len(treat), len(sirnas))).astype(np.float32)
-    x[np.arange(len(treat)), np.searchsorted(sirnas, truth[treat["id_code"]].to_numpy())] += strength
-    table = pd.DataFrame(x, columns=[str(s) for s in sirnas])
-    table.insert(0, "id_code", treat["id_code"].to_numpy())
-    return table
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,12 @@ import pytest
 from rxrx1_pipeline.pipelines.ingest.nodes import REQUIRED_COLUMNS, build_wells
 from rxrx1_pipeline.pipelines.synthetic.nodes import design_plates, render_sites
 from rxrx1_pipeline.plates import PLATES, SITES, WELLS, site_prefix
+from tests.conftest import CSVS as FILES
 
 PARAMS = dict(seed=3, image_size=16, cell_lines=["HEPG2", "HUVEC"], experiments={"train": 3, "test": 2},
               sirnas_per_group=5, positive_controls=2, missing_well_rate=0.0, phenotype_strength=1.0,
               cell_line_specificity=0.5, batch_strength=0.5, noise=0.6)
 N_TREAT, NEGATIVE = 4 * 5, 4 * 5 + 2
-FILES = ("train.csv", "test.csv", "train_controls.csv", "test_controls.csv")
 
 
 def params(**overrides) -> dict:

@@ -7,32 +7,37 @@ import logging
 import numpy as np
 import pandas as pd
 
-from rxrx1_pipeline.pipelines.train.nodes import embed_sites, make_normaliser
+from rxrx1_pipeline.images import ImageStore
 
 log = logging.getLogger(__name__)
 
 
-def predict_wells(checkpoint: dict, model_sites: pd.DataFrame, site_images: np.ndarray,
-                  plate_stats: pd.DataFrame, classes: pd.DataFrame, data_root: str, cell_line: str,
-                  model: dict) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def predict_wells(model: dict, model_sites: pd.DataFrame, site_images: ImageStore, plate_stats: pd.DataFrame,
+                  classes: pd.DataFrame, cell_line: str, inference: dict
+                  ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Logits and embeddings of the valid and test treatment wells, averaged over both sites.
 
-    Logits keep only the treatment classes, one float32 column per siRNA id: the cached-logits
-    contract read by post-processing.
+    The model's shape (architecture, classes, image size, normalisation) comes from its checkpoint;
+    ``inference`` sets only how it runs (TTA views, batch size, loader workers). Logits keep only the
+    treatment classes, one float32 column per siRNA id: the cached-logits contract of post-processing.
     """
-    from rxrx1_pipeline.model import EmbeddingNet, device
+    from rxrx1_pipeline.nn.checkpoints import load_model
+    from rxrx1_pipeline.nn.loops import device, embed_sites
+    from rxrx1_pipeline.nn.network import normaliser_from_stats
 
-    s = checkpoint["settings"]
-    net = EmbeddingNet(checkpoint["arch"], checkpoint["n_classes"], s["embedding_dim"], s["head"],
-                       s["margin"], s["scale"]).to(device())
-    net.load_state_dict(checkpoint["state_dict"])
-    norm = make_normaliser(s["normalization"], plate_stats)
+    settings = model["settings"]
+    if site_images.image_size != settings["image_size"]:
+        raise ValueError(f"{cell_line}: the model was trained on {settings['image_size']} px images but the "
+                         f"image store holds {site_images.image_size} px; re-run the train pipeline")
+    net = load_model(model, device())
+    norm = normaliser_from_stats(settings["normalization"], plate_stats)
     treatment = classes[classes["well_type"] == "treatment"].sort_values("sirna")
     columns = treatment["sirna"].astype(str).tolist()
     outputs = []
     for role in ("valid", "test"):
         sites = model_sites[(model_sites["role"] == role) & (model_sites["well_type"] == "treatment")]
-        logits, emb = embed_sites(net, norm, sites, site_images, data_root, model, tta=model["tta"])
+        logits, emb = embed_sites(net, norm, site_images, sites, inference["batch_size"],
+                                  inference["num_workers"], tta=inference["tta"])
         logits = logits[:, treatment["class_index"].to_numpy()]
         outputs.append(per_well(sites["id_code"], logits, columns))
         outputs.append(per_well(sites["id_code"], emb, [f"e{i}" for i in range(emb.shape[1])]))

@@ -12,13 +12,13 @@ OUTPUTS = ["valid_logits", "test_logits", "valid_embeddings", "test_embeddings"]
 def create_template() -> Pipeline:
     return Pipeline([
         Node(predict_wells, ["model", "model_sites", "site_images", "plate_stats", "classes",
-                             "params:data_root", "params:cell_line", "params:model"],
+                             "params:cell_line", "params:inference"],
              OUTPUTS, name="predict_wells"),
     ])
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    per_line = [Pipeline(create_template(), namespace=cl, inputs={"classes"}, parameters={"data_root"},
+    per_line = [Pipeline(create_template(), namespace=cl, inputs={"classes"}, parameters={"inference"},
                          tags=[cl]) for cl in CELL_LINES]
     combine = Pipeline([Node(combine_cell_lines, [f"{cl}.{name}" for cl in CELL_LINES], name,
                              name=f"combine_{name}") for name in OUTPUTS])

@@ -12,6 +12,8 @@ import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from rxrx1_pipeline.plates import layout_columns
+
 log = logging.getLogger(__name__)
 
 
@@ -80,19 +82,6 @@ def assign_train_plate_groups(wells: pd.DataFrame, sirna_groups: pd.DataFrame) -
         raise PlateStructureError(
             f"train experiment {exp} plates {' and '.join(map(str, on))} hold the same plate group {group}")
     return plates.astype({"plate": "int64", "group": "int64"})
-
-
-def layout_columns(plates: list[int] | np.ndarray) -> list[str]:
-    """Column names of the group-per-plate columns in plate_layouts, e.g. ``plate_1``."""
-    return [f"plate_{int(p)}" for p in plates]
-
-
-def layout_matrix(plate_layouts: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """(plate numbers, layouts x plates int array of groups) read back from plate_layouts."""
-    cols = [c for c in plate_layouts.columns if c.startswith("plate_")]
-    plates = np.array([int(c.removeprefix("plate_")) for c in cols])
-    order = np.argsort(plates)
-    return plates[order], plate_layouts[[cols[i] for i in order]].to_numpy(np.int64)
 
 
 def tabulate_plate_layouts(train_plate_groups: pd.DataFrame) -> pd.DataFrame:

@@ -10,15 +10,21 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import linear_sum_assignment, minimize_scalar
+from scipy.optimize import minimize_scalar
 
-from rxrx1_pipeline.pipelines.plate_groups.nodes import layout_columns, layout_matrix
+from rxrx1_pipeline.plates import layout_columns, layout_long, layout_matrix
+
+from .kernels import (
+    LogitsError,
+    assign_per_plate,
+    group_log_probs,
+    mask_to_plate_group,
+    row_argmax,
+    score_layouts,
+    within_group_nll,
+)
 
 log = logging.getLogger(__name__)
-
-
-class LogitsError(ValueError):
-    """The cached logits do not match the wells or siRNA groups."""
 
 
 def split_logits(logits: pd.DataFrame, wells: pd.DataFrame, sirna_groups: pd.DataFrame
@@ -48,48 +54,6 @@ def split_logits(logits: pd.DataFrame, wells: pd.DataFrame, sirna_groups: pd.Dat
     rows = treat.iloc[pos][["id_code", "experiment", "cell_line", "plate", "sirna"]].reset_index(drop=True)
     x = logits.iloc[:, 1:].to_numpy(dtype=np.float32)
     return rows, x, sirnas, group_of.loc[sirnas].to_numpy(np.int64)
-
-
-def row_argmax(x: np.ndarray, chunk: int = 128) -> np.ndarray:
-    """x.argmax(axis=1), also fast on column-major arrays (what DataFrame.to_numpy gives for a
-    parquet table), where numpy's argmax along rows is about 4x slower: maxima per column chunk
-    first, then the argmax inside each row's best chunk."""
-    if x.flags.c_contiguous or x.shape[1] <= chunk:
-        return x.argmax(axis=1)
-    starts = range(0, x.shape[1], chunk)
-    best_chunk = np.stack([x[:, s:s + chunk].max(axis=1) for s in starts], axis=1).argmax(axis=1)
-    out = np.empty(len(x), dtype=np.int64)
-    for j, s in enumerate(starts):
-        rows = np.flatnonzero(best_chunk == j)
-        out[rows] = s + x[rows, s:s + chunk].argmax(axis=1)
-    return out
-
-
-def group_log_probs(x: np.ndarray, col_group: np.ndarray, n_groups: int) -> np.ndarray:
-    """log P(well's siRNA in group g) under softmax(x): wells x groups, float64.
-
-    Floored at log(float32 tiny), about -87: one overconfident well cannot veto a layout alone.
-    """
-    e = x - x.max(axis=1, keepdims=True)
-    np.exp(e, out=e)
-    onehot = np.zeros((x.shape[1], n_groups), dtype=x.dtype)
-    onehot[np.arange(x.shape[1]), col_group] = 1.0
-    sums = (e @ onehot).astype(np.float64)
-    return np.log(np.maximum(sums, np.finfo(np.float32).tiny)) - np.log(sums.sum(axis=1, keepdims=True))
-
-
-def score_layouts(glp: np.ndarray, experiment_idx: np.ndarray, plate_pos: np.ndarray,
-                  layouts: np.ndarray) -> np.ndarray:
-    """Summed log-likelihood of each experiment's wells under each layout: experiments x layouts.
-
-    ``plate_pos`` is the well's plate as a column index of ``layouts`` (layouts x plates of groups).
-    """
-    n_exp, n_plates, n_groups = experiment_idx.max() + 1, layouts.shape[1], glp.shape[1]
-    key = experiment_idx * n_plates + plate_pos
-    per_plate = np.stack([np.bincount(key, weights=glp[:, g], minlength=n_exp * n_plates)
-                          for g in range(n_groups)], axis=1)
-    per_plate = per_plate.reshape(n_exp, n_plates, n_groups)
-    return per_plate[:, np.arange(n_plates)[None, :], layouts].sum(axis=2)
 
 
 def infer_layouts(logits: pd.DataFrame, wells: pd.DataFrame, sirna_groups: pd.DataFrame,
@@ -133,54 +97,10 @@ def infer_layouts(logits: pd.DataFrame, wells: pd.DataFrame, sirna_groups: pd.Da
 
 def plate_group_of_wells(rows: pd.DataFrame, plate_groups: pd.DataFrame) -> np.ndarray:
     """The group each well's plate holds, from infer_layouts' table (one row per experiment)."""
-    cols = [c for c in plate_groups.columns if c.startswith("plate_")]
-    long = plate_groups.melt(id_vars="experiment", value_vars=cols, var_name="plate", value_name="group")
-    long["plate"] = long["plate"].str.removeprefix("plate_").astype(np.int64)
-    merged = rows[["experiment", "plate"]].merge(long, on=["experiment", "plate"], how="left")
+    merged = rows[["experiment", "plate"]].merge(layout_long(plate_groups), on=["experiment", "plate"], how="left")
     if merged["group"].isna().any():
         raise LogitsError(f"no plate group for well {rows['id_code'][merged['group'].isna()].iloc[0]}")
     return merged["group"].to_numpy(np.int64)
-
-
-def masked_softmax(block: np.ndarray, temperature: float) -> np.ndarray:
-    """Row-wise softmax of block / temperature (float32)."""
-    z = (block - block.max(axis=1, keepdims=True)) * np.float32(1.0 / temperature)
-    np.exp(z, out=z)
-    z /= z.sum(axis=1, keepdims=True)
-    return z
-
-
-def sinkhorn(prob: np.ndarray, iterations: int) -> np.ndarray:
-    """Scale rows and columns of a wells x siRNAs matrix towards row sums 1 and column sums
-    wells/siRNAs (``iterations`` rounds, as scaling vectors: two matrix-vector products a round)."""
-    k = np.maximum(prob, np.finfo(np.float32).tiny, dtype=np.float64)
-    target = k.shape[0] / k.shape[1]
-    r = np.ones(k.shape[0])
-    for _ in range(iterations):
-        c = target / (r @ k)
-        r = 1.0 / (k @ c)
-    return k * r[:, None] * c[None, :] if iterations else k
-
-
-def assign_plate(block: np.ndarray, temperature: float, cost: str, iterations: int
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Balanced assignment of one plate's wells (rows) to its group's siRNAs (columns).
-
-    Maximises the summed probability (cost ``prob``: the expected number of correct wells) or
-    log-probability (``log_prob``: the most likely assignment) after temperature and optional
-    row/column normalisation. With ``log_prob`` on a full plate, temperature and normalisation
-    do not change the answer. Returns (column chosen per row, its probability at the temperature).
-    """
-    prob = masked_softmax(block, temperature)
-    weight = sinkhorn(prob, iterations)
-    if cost == "log_prob":
-        weight = np.log(weight)
-    elif cost != "prob":
-        raise ValueError(f"unknown assignment cost {cost!r} (expected prob or log_prob)")
-    rows, cols = linear_sum_assignment(weight, maximize=True)
-    chosen = np.empty(block.shape[0], dtype=np.int64)
-    chosen[rows] = cols
-    return chosen, prob[np.arange(len(chosen)), chosen].astype(np.float64)
 
 
 def fit_temperature(valid_logits: pd.DataFrame, wells: pd.DataFrame, sirna_groups: pd.DataFrame,
@@ -207,12 +127,7 @@ def fit_temperature(valid_logits: pd.DataFrame, wells: pd.DataFrame, sirna_group
         blocks.append((block, block[np.arange(len(sel)), pos].astype(np.float64)))
 
     def nll(log_t: float) -> float:
-        scale = np.float32(np.exp(-log_t))
-        total = 0.0
-        for block, true_logit in blocks:
-            lse = np.log(np.exp(block * scale).sum(axis=1, dtype=np.float64))
-            total += float(np.sum(lse - true_logit * scale))
-        return total / len(truth_col)
+        return within_group_nll(blocks, log_t)
 
     lo, hi = np.log(params["temperature_bounds"][0]), np.log(params["temperature_bounds"][1])
     fit = minimize_scalar(nll, bounds=(lo, hi), method="bounded", options={"xatol": 0.01})
@@ -220,37 +135,6 @@ def fit_temperature(valid_logits: pd.DataFrame, wells: pd.DataFrame, sirna_group
     log.info("Assignment temperature fitted on %d validation wells: %.3f (within-group NLL %.3f, %.3f at 1)",
              len(truth_col), t, fit.fun, nll(0.0))
     return {"temperature": t, "fitted": True, "wells": int(len(truth_col)), "nll": float(fit.fun)}
-
-
-def mask_to_plate_group(x: np.ndarray, col_group: np.ndarray, well_group: np.ndarray) -> np.ndarray:
-    """Column of the best siRNA of each well's plate group."""
-    best = np.empty(len(x), dtype=np.int64)
-    for g in np.unique(well_group):
-        cols, in_g = np.flatnonzero(col_group == g), np.flatnonzero(well_group == g)
-        best[in_g] = cols[x[np.ix_(in_g, cols)].argmax(axis=1)]
-    return best
-
-
-def assign_per_plate(x: np.ndarray, col_group: np.ndarray, well_group: np.ndarray, plate_key: np.ndarray,
-                     plate_names: np.ndarray, temperature: float, cost: str, iterations: int
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """Balanced assignment on every plate (wells sharing ``plate_key``) among its group's siRNAs.
-
-    Returns (column per well, probability of that siRNA within the group at the temperature).
-    """
-    chosen = np.empty(len(x), dtype=np.int64)
-    score = np.empty(len(x), dtype=np.float64)
-    order = np.lexsort((plate_key, well_group))
-    starts = np.flatnonzero(np.diff(plate_key[order], prepend=-1))
-    for part in np.split(order, starts[1:]):
-        g = well_group[part[0]]
-        cols = np.flatnonzero(col_group == g)
-        if len(part) > len(cols):
-            raise LogitsError(f"{plate_names[plate_key[part[0]]]} has {len(part)} treatment wells "
-                              f"but its group {g} only {len(cols)} siRNAs")
-        pick, score[part] = assign_plate(x[np.ix_(part, cols)], temperature, cost, iterations)
-        chosen[part] = cols[pick]
-    return chosen, score
 
 
 def assign_wells(logits: pd.DataFrame, wells: pd.DataFrame, sirna_groups: pd.DataFrame,
@@ -298,10 +182,7 @@ def evaluate(valid_predictions: pd.DataFrame, valid_plate_groups: pd.DataFrame, 
     hits = pd.DataFrame({"experiment": df["experiment"], "cell_line": df["cell_line"],
                          **{s: df[f"sirna_{'argmax' if s == 'raw' else s}"].to_numpy() == truth
                             for s in STAGES}})
-    cols = [c for c in valid_plate_groups.columns if c.startswith("plate_")]
-    inferred = valid_plate_groups.melt(id_vars="experiment", value_vars=cols, var_name="plate",
-                                       value_name="inferred")
-    inferred["plate"] = inferred["plate"].str.removeprefix("plate_").astype(np.int64)
+    inferred = layout_long(valid_plate_groups, "inferred")
     cmp = inferred.merge(train_plate_groups, on=["experiment", "plate"], how="inner")
     correct = (cmp["inferred"] == cmp["group"]).groupby(cmp["experiment"]).all()
     per_exp = hits.groupby("experiment").agg(cell_line=("cell_line", "first"), wells=("raw", "size"),
@@ -320,13 +201,18 @@ def evaluate(valid_predictions: pd.DataFrame, valid_plate_groups: pd.DataFrame, 
         + [{"level": "experiment", "name": e, **r} for e, r in
            per_exp.drop(columns="cell_line").to_dict("index").items()])
     table = table[["level", "name", "experiments", "wells", *STAGES, "layout_correct"]]
+    log.info("Validation accuracy (raw argmax / masked to plate group / balanced assignment):\n%s",
+             format_stage_table(table))
+    return table
+
+
+def format_stage_table(metrics: pd.DataFrame) -> str:
+    """The per-cell-line and overall rows of ``evaluate``'s table as fixed-width text."""
     lines = [f"{'':<10}{'wells':>7}  {'raw':>6} {'masked':>7} {'assigned':>8}  layout ok"]
-    for _, r in table[table["level"] != "experiment"].iterrows():
+    for _, r in metrics[metrics["level"] != "experiment"].iterrows():
         lines.append(f"{r['name']:<10}{r['wells']:>7}  {r['raw']:>6.1%} {r['masked']:>7.1%} {r['assigned']:>8.1%}"
                      f"  {round(r['layout_correct'] * r['experiments'])}/{r['experiments']}")
-    log.info("Validation accuracy (raw argmax / masked to plate group / balanced assignment):\n%s",
-             "\n".join(lines))
-    return table
+    return "\n".join(lines)
 
 
 def plot_stage_accuracy(postprocess_metrics: pd.DataFrame):

@@ -1,14 +1,8 @@
-"""Torch pieces of the model half: image source, normalisation, embedding network, run fingerprints.
-
-Imported only inside node functions, so that kedro start-up does not pay for torch and timm.
-"""
+"""The embedding network: per-plate (or per-image) input normalisation, a timm backbone, a margin head."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import math
 from pathlib import Path
 
 import numpy as np
@@ -17,71 +11,10 @@ import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
-from rxrx1_pipeline.datasets import read_site
-from rxrx1_pipeline.plates import CHANNELS
+from rxrx1_pipeline.images import N_CHANNELS, STAT_COLUMNS
 
 log = logging.getLogger(__name__)
-
-def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed python-side RNGs and return a generator for data order."""
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    if not torch.cuda.is_available():
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    return torch.Generator().manual_seed(seed)
-
-
-class SiteImages(Dataset):
-    """Sites as (6, S, S) uint8 tensors, from the decoded cache when given, else from the PNGs."""
-
-    def __init__(self, sites: pd.DataFrame, data_root: str, size: int, cache: np.ndarray | None = None,
-                 labels: np.ndarray | None = None, augment: bool = False):
-        self.prefixes = sites["w1"].str.slice(0, -len("_w1.png")).tolist()
-        self.rows = sites["cache_row"].to_numpy() if cache is not None and len(cache) else None
-        self.cache = cache if self.rows is not None else None
-        self.root, self.size = Path(data_root), size
-        self.labels = labels
-        self.augment = augment
-
-    def __len__(self) -> int:
-        return len(self.prefixes)
-
-    def __getitem__(self, i: int):
-        if self.cache is not None:
-            image = torch.from_numpy(np.ascontiguousarray(self.cache[self.rows[i]]))
-        else:
-            image = torch.from_numpy(read_site(self.root, self.prefixes[i], self.size))
-        if self.augment:
-            image = dihedral(image, int(torch.randint(8, (1,))))
-        label = -1 if self.labels is None else int(self.labels[i])
-        return image, i, label
-
-
-def dihedral(image: torch.Tensor, k: int) -> torch.Tensor:
-    """One of the 8 flips/rotations of the square (k in 0..7) on the last two dims."""
-    if k >= 4:
-        image = image.transpose(-1, -2)
-    return torch.rot90(image, k % 4, dims=(-2, -1))
-
-
-def loader(dataset: SiteImages, batch_size: int, workers: int, shuffle: bool = False,
-           generator: torch.Generator | None = None) -> DataLoader:
-    """Batches of (images, positions, labels); worker processes only when PNGs are decoded.
-
-    Without a generator, a fixed private one is used: iterating a DataLoader otherwise draws from the
-    global torch RNG, so a validation pass would change the training's augmentations.
-    """
-    workers = 0 if dataset.cache is not None else workers
-    generator = generator if generator is not None else torch.Generator().manual_seed(0)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
-                      generator=generator, persistent_workers=False, drop_last=False,
-                      pin_memory=torch.cuda.is_available())
 
 
 class Normaliser(nn.Module):
@@ -115,7 +48,7 @@ class EmbeddingNet(nn.Module):
         super().__init__()
         if head not in ("cosface", "arcface", "softmax"):
             raise ValueError(f"head must be cosface, arcface or softmax, got {head!r}")
-        self.backbone = timm.create_model(arch, pretrained=False, in_chans=len(CHANNELS), num_classes=0)
+        self.backbone = timm.create_model(arch, pretrained=False, in_chans=N_CHANNELS, num_classes=0)
         if pretrained_weights:
             load_pretrained(self.backbone, pretrained_weights)
         self.embed = nn.Sequential(nn.Linear(self.backbone.num_features, embedding_dim),
@@ -164,13 +97,15 @@ def load_pretrained(backbone: nn.Module, path: str) -> None:
     log.info("Loaded %d tensors from %s (%d left at init)", len(adapted), file, len(missing))
 
 
-def fingerprint(obj) -> str:
-    """Short stable hash of a JSON-able object (training settings and data)."""
-    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def normaliser_from_stats(mode: str, plate_stats: pd.DataFrame) -> Normaliser:
+    """A :class:`Normaliser` over the plates of a ``plate_stats`` table (rows by ``plate_index``)."""
+    stats = plate_stats.sort_values("plate_index")
+    return Normaliser(mode, stats[STAT_COLUMNS[:N_CHANNELS]].to_numpy(np.float32),
+                      stats[STAT_COLUMNS[N_CHANNELS:]].to_numpy(np.float32))
 
 
-def cosine_lr(step: int, total: int, warmup: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+def build_network(settings: dict, n_classes: int, pretrained: bool = True) -> EmbeddingNet:
+    """The network a training-settings block describes (local pretrained weights only when asked)."""
+    return EmbeddingNet(settings["arch"], n_classes, settings["embedding_dim"], settings["head"],
+                        settings["margin"], settings["scale"],
+                        settings.get("pretrained_weights") if pretrained else None)

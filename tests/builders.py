@@ -1,4 +1,4 @@
-"""Small wells tables with a known plate-group structure, shared by the leak tests."""
+"""Builders of small test inputs: wells tables with a known plate-group structure, simulated logits."""
 
 import numpy as np
 import pandas as pd
@@ -42,3 +42,15 @@ def make_wells(per_group: int = 5, train_layouts: tuple = ((1, 2, 3, 0),) * 3 + 
                                  "sirna": sirna if split == "train" or kind != "treatment" else None})
     wells = pd.DataFrame(rows).astype({"plate": "int64", "sirna": "Int64"})
     return wells, members, pd.Series(truth, name="sirna")
+
+
+def simulated_logits(wells: pd.DataFrame, truth: pd.Series, split: str, strength: float, seed: int = 0
+                     ) -> pd.DataFrame:
+    """Logits of a split's treatment wells: N(0, 1) plus ``strength`` on the true siRNA."""
+    treat = wells[(wells["split"] == split) & (wells["well_type"] == "treatment")]
+    sirnas = np.sort(truth[wells.loc[wells["well_type"] == "treatment", "id_code"]].unique())
+    x = np.random.default_rng(seed).standard_normal((len(treat), len(sirnas))).astype(np.float32)
+    x[np.arange(len(treat)), np.searchsorted(sirnas, truth[treat["id_code"]].to_numpy())] += strength
+    table = pd.DataFrame(x, columns=[str(s) for s in sirnas])
+    table.insert(0, "id_code", treat["id_code"].to_numpy())
+    return table

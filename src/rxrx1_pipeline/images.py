@@ -1,0 +1,242 @@
+"""Site images on disk, without torch: the RxRx1 PNG tree and the decode-once image store.
+
+Both readers are small picklable objects, so DataLoader worker processes can each open their own.
+
+The image store holds every site of one table decoded once at one pixel size, as a memory-mapped
+(N, 6, S, S) uint8 array, plus each site's per-channel pixel moments (mean and mean of squares),
+from which plate statistics are derived without reading a pixel again. It is built in a staging
+folder that only becomes the store once every site is in; an interrupted build resumes from the
+chunks already done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from rxrx1_pipeline.plates import CHANNELS
+
+log = logging.getLogger(__name__)
+
+N_CHANNELS = len(CHANNELS)
+# Per-plate channel statistics columns (the plate_stats table and the per-plate normaliser).
+STAT_COLUMNS = [f"{s}_w{c}" for s in ("mean", "std") for c in CHANNELS]
+
+
+def write_site(root: Path, prefix: str, image: np.ndarray) -> None:
+    """Write one site's (6, H, W) uint8 array as six PNGs."""
+    from PIL import Image
+
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[0] != N_CHANNELS:
+        raise ValueError(f"{prefix}: expected a (6, H, W) uint8 array, got {image.dtype} {image.shape}")
+    target = root / PurePosixPath(prefix)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for c, channel in zip(CHANNELS, image):
+        Image.fromarray(channel).save(f"{target}_w{c}.png", compress_level=1)
+
+
+def read_site(root: Path, prefix: str, size: int | None = None) -> np.ndarray:
+    """Read one site's six PNGs as (6, H, W) uint8, optionally resized to ``size``.
+
+    A missing or unreadable image raises an error naming the file.
+    """
+    from PIL import Image
+
+    channels = []
+    for c in CHANNELS:
+        file = Path(root) / f"{prefix}_w{c}.png"
+        try:
+            with Image.open(file) as im:
+                im = im.convert("L")
+                if size is not None and im.size != (size, size):
+                    im = im.resize((size, size), Image.BILINEAR)
+                channels.append(np.asarray(im))
+        except (OSError, ValueError) as exc:
+            raise OSError(f"cannot read image {file}: {exc}") from exc
+    return np.stack(channels)
+
+
+@dataclass(frozen=True)
+class PngSites:
+    """Reader of an RxRx1 PNG tree: ``read(prefix, size)``; prefix e.g. ``train/HEPG2-01/Plate1/B02_s1``."""
+
+    root: Path
+
+    def read(self, prefix: str, size: int | None = None) -> np.ndarray:
+        return read_site(self.root, prefix, size)
+
+    def prefixes(self) -> list[str]:
+        """Every site of the tree (lists the whole tree: slow on the real data)."""
+        return sorted({str(p.relative_to(self.root))[: -len("_w1.png")]
+                       for p in self.root.glob("*/*/*/*_w1.png")})
+
+
+@dataclass(frozen=True)
+class DecodeJob:
+    """What an image store should hold: these sites of ``source``, at ``image_size`` px."""
+
+    source: PngSites
+    prefixes: tuple[str, ...]
+    image_size: int
+
+    def key(self) -> dict:
+        digest = hashlib.sha1("\n".join(self.prefixes).encode()).hexdigest()
+        return {"source": str(Path(self.source.root).resolve()), "image_size": int(self.image_size),
+                "sites": len(self.prefixes), "prefixes_sha1": digest}
+
+
+class StoreError(RuntimeError):
+    """The image store is missing, incomplete, or cannot be built; the message says which and where."""
+
+
+IMAGES, MOMENTS, MANIFEST, DONE = "images.npy", "moments.npy", "manifest.json", "done.npy"
+CHUNK = 256  # sites per decoding task; the unit of resumption
+
+
+def staging_path(path: Path) -> Path:
+    """Where a store is built before it replaces ``path``."""
+    return Path(path).with_name(Path(path).name + ".partial")
+
+
+class ImageStore:
+    """A complete store: ``read(row)`` -> (6, S, S) uint8 view; ``moments`` (N, 2, 6) float64."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        manifest = self.path / MANIFEST
+        if not manifest.is_file():
+            partial = (" (an interrupted build is staged; re-run decode_sites to finish it)"
+                       if staging_path(self.path).is_dir() else "")
+            raise StoreError(f"no complete image store at {self.path}{partial}")
+        self.job = json.loads(manifest.read_text())
+        self.image_size = int(self.job["image_size"])
+        self._images = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_images": None}  # each process maps the file itself
+
+    @property
+    def images(self) -> np.ndarray:
+        if self._images is None:
+            self._images = np.load(self.path / IMAGES, mmap_mode="r")
+        return self._images
+
+    @property
+    def moments(self) -> np.ndarray:
+        return np.load(self.path / MOMENTS)
+
+    def __len__(self) -> int:
+        return int(self.job["sites"])
+
+    def read(self, row: int) -> np.ndarray:
+        return self.images[row]
+
+    def nbytes(self) -> int:
+        return sum(f.stat().st_size for f in self.path.iterdir() if f.is_file())
+
+
+def _manifest(folder: Path) -> dict | None:
+    file = folder / MANIFEST
+    return json.loads(file.read_text()) if file.is_file() else None
+
+
+def build_store(path: Path, job: DecodeJob, workers: int | None = None, chunk: int = CHUNK) -> None:
+    """Decode ``job`` into a store at ``path``; nothing to do when a complete store of the same job is there.
+
+    Decoding runs in ``workers`` processes (default: all cores) over chunks of ``chunk`` sites written
+    straight into staging memmaps; finished chunks are recorded, so a killed build resumes where it stopped.
+    The staging folder replaces the store only when every chunk is in.
+    """
+    from tqdm.auto import tqdm
+
+    path, key = Path(path), job.key()
+    if _manifest(path) == key:
+        log.info("Image store %s already holds these %d sites at %d px; reusing it", path, len(job.prefixes),
+                 job.image_size)
+        return
+    staging = staging_path(path)
+    shape = (len(job.prefixes), N_CHANNELS, job.image_size, job.image_size)
+    staged = {**key, "chunk": chunk}
+    resumable = _manifest(staging) == staged and (staging / DONE).is_file()
+    if not resumable:
+        shutil.rmtree(staging, ignore_errors=True)
+        check_free_space(path, int(np.prod(shape)) + shape[0] * 2 * N_CHANNELS * 8)
+        staging.mkdir(parents=True)
+        np.lib.format.open_memmap(staging / IMAGES, mode="w+", dtype=np.uint8, shape=shape).flush()
+        np.lib.format.open_memmap(staging / MOMENTS, mode="w+", dtype=np.float64,
+                                  shape=(shape[0], 2, N_CHANNELS)).flush()
+        _save_atomic(staging / DONE, np.zeros(-(-shape[0] // chunk), bool))
+        (staging / MANIFEST).write_text(json.dumps(staged))
+    done = np.load(staging / DONE)
+    todo = np.flatnonzero(~done)
+    tasks = [(staging, job.source, job.prefixes[c * chunk:(c + 1) * chunk], int(c) * chunk, job.image_size)
+             for c in todo]
+    already = shape[0] - sum(len(t[2]) for t in tasks)
+    if already:
+        log.info("Image store %s: resuming, %d of %d sites already decoded", path, already, shape[0])
+    workers = max(1, min(workers or os.cpu_count() or 1, len(tasks)))
+    pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn")) if workers > 1 else None
+    bar = tqdm(total=shape[0], initial=already, desc=f"decoding sites ({workers} processes)", unit="site",
+               mininterval=2, disable=None)
+    try:
+        for c, n in zip(todo, (pool.map if pool else map)(_decode_chunk, tasks)):
+            done[c] = True  # the chunk's pixels and moments are flushed to disk by now
+            _save_atomic(staging / DONE, done)
+            bar.update(n)
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    (staging / MANIFEST).write_text(json.dumps(key))
+    (staging / DONE).unlink()
+    old = path.with_name(path.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
+        path.rename(old)
+    staging.rename(path)
+    shutil.rmtree(old, ignore_errors=True)
+    log.info("Image store %s: %d sites at %d px, %.1f MiB", path, shape[0], job.image_size,
+             ImageStore(path).nbytes() / 2**20)
+
+
+def _decode_chunk(task) -> int:
+    """Decode one chunk of sites into the staging memmaps (pixels and per-site moments); returns its size."""
+    staging, source, prefixes, start, size = task
+    images = np.load(staging / IMAGES, mmap_mode="r+")
+    moments = np.load(staging / MOMENTS, mmap_mode="r+")
+    for i, prefix in enumerate(prefixes):
+        image = source.read(prefix, size)
+        images[start + i] = image
+        x = image.astype(np.float64)
+        moments[start + i, 0] = x.mean(axis=(1, 2))
+        moments[start + i, 1] = (x**2).mean(axis=(1, 2))
+    images.flush()
+    moments.flush()
+    return len(prefixes)
+
+
+def _save_atomic(file: Path, array: np.ndarray) -> None:
+    tmp = file.with_name(file.name + ".tmp.npy")
+    np.save(tmp, array)
+    os.replace(tmp, file)
+
+
+def check_free_space(path: Path, needed: int) -> None:
+    """Fail before writing when the disk holding ``path`` has less than ``needed`` bytes free."""
+    probe = Path(path)
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < needed:
+        raise StoreError(f"image store {path} needs {needed / 2**30:.2f} GiB ({needed} bytes) but only "
+                         f"{free / 2**30:.2f} GiB ({free} bytes) are free on that disk; point image_store_root "
+                         "(conf globals) at a larger disk")
