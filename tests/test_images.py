@@ -169,3 +169,14 @@ def test_site_images_save_swaps_in_complete_trees_only(tmp_path):
     dataset.save({"train/X-03/Plate2/C05_s2": site})  # train/ is replaced as a whole, test/ is kept
     assert dataset.load().prefixes() == ["test/X-02/Plate1/B02_s1", "train/X-03/Plate2/C05_s2"]
     np.testing.assert_array_equal(dataset.load().read("train/X-03/Plate2/C05_s2"), site)
+
+
+def test_a_regenerated_tree_is_decoded_again(tmp_path):
+    """The store key covers the files, not only their names: rewriting the tree rebuilds the store."""
+    dataset = SiteImagesDataset(path=str(tmp_path / "pngs"), workers=1)
+    prefixes = ("train/X-01/Plate1/B02_s1", "train/X-01/Plate1/B03_s1")
+    dataset.save({p: np.full((6, 4, 4), 1, np.uint8) for p in prefixes})
+    build_store(tmp_path / "store", DecodeJob(dataset.load(), prefixes, 4), workers=1)
+    dataset.save({p: np.full((6, 4, 4), 2, np.uint8) for p in prefixes})  # same names, new pixels
+    build_store(tmp_path / "store", DecodeJob(dataset.load(), prefixes, 4), workers=1)
+    assert (ImageStore(tmp_path / "store").images == 2).all()

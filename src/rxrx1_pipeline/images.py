@@ -89,9 +89,26 @@ class DecodeJob:
     image_size: int
 
     def key(self) -> dict:
+        """Identifies the store's content: source, size, the sites, and a cheap fingerprint of the files
+        (identity and time of each top folder, size and time of a sample of PNGs), so a regenerated or
+        replaced tree is decoded again."""
+        root = Path(self.source.root).resolve()
         digest = hashlib.sha1("\n".join(self.prefixes).encode()).hexdigest()
-        return {"source": str(Path(self.source.root).resolve()), "image_size": int(self.image_size),
-                "sites": len(self.prefixes), "prefixes_sha1": digest}
+        tops = sorted({p.split("/", 1)[0] for p in self.prefixes})
+        sample = [self.prefixes[i] for i in np.linspace(0, len(self.prefixes) - 1, min(16, len(self.prefixes)),
+                                                        dtype=int)] if self.prefixes else []
+        stats = [_stat(root / t) for t in tops] + [_stat(root / f"{p}_w1.png") for p in sample]
+        files = hashlib.sha1(json.dumps(stats).encode()).hexdigest()
+        return {"source": str(root), "image_size": int(self.image_size), "sites": len(self.prefixes),
+                "prefixes_sha1": digest, "files_sha1": files}
+
+
+def _stat(path: Path) -> list[int]:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return [-1]
+    return [st.st_ino, st.st_size if path.is_file() else 0, st.st_mtime_ns]
 
 
 class StoreError(RuntimeError):

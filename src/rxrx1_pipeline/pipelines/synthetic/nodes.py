@@ -35,6 +35,13 @@ def _rotation_cycles(n_rotations: int) -> tuple[list[int], list[int]]:
     return train, test
 
 
+def experiment_counts(params: dict, cell_line: str) -> dict[str, int]:
+    """{"train": n, "test": m} for one cell line: ``experiments`` is either that mapping for every cell
+    line, or a mapping from cell line to it (the RxRx1-shaped preset: real counts per cell line)."""
+    counts = params["experiments"]
+    return counts[cell_line] if cell_line in counts else counts
+
+
 def design_plates(params: dict) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Lay out experiments, plates and wells; return the four CSV tables and the hidden truth.
 
@@ -54,7 +61,7 @@ def design_plates(params: dict) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFram
     for cell_line in params["cell_lines"]:
         number = 0
         for split in ("train", "test"):
-            for _ in range(params["experiments"][split]):
+            for _ in range(experiment_counts(params, cell_line)[split]):
                 number += 1
                 experiment = f"{cell_line}-{number:02d}"
                 cycle = train_cycle if split == "train" else test_cycle
