@@ -58,7 +58,8 @@ def main() -> None:
     print("Hidden test accuracy (raw argmax / masked to plate group / balanced assignment = submission):")
     print(f"{'':<8}{'wells':>7}  {'raw':>6} {'masked':>7} {'assigned':>8}  layouts ok")
     for name, r in table.iterrows():
-        print(f"{name:<8}{int(r['wells']):>7}  {r['raw']:>6.1%} {r['masked']:>7.1%} {r['assigned']:>8.1%}  {r['layouts']}")
+        print(f"{name:<8}{int(r['wells']):>7}  {r['raw']:>6.1%} {r['masked']:>7.1%} {r['assigned']:>8.1%}  "
+              f"{r['layouts']}")
 
 
 if __name__ == "__main__":

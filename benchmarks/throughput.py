@@ -136,9 +136,10 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, help="default: training.image_size (model step only)")
     parser.add_argument("--batch-size", type=int, help="default: training.batch_size")
     parser.add_argument("--workers", type=int, nargs="+", help="loader workers to try (default: 0 and all cores)")
-    parser.add_argument("--png-sites", type=int, default=2000, help="sites decoded for the PNG figures")
+    parser.add_argument("--png-sites", type=int, default=6000, help="sites decoded for the PNG figures")
     parser.add_argument("--steps", type=int, default=10, help="timed model steps")
-    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
+                        help="default: training.channels_last")
     parser.add_argument("--compile", action="store_true", help="torch.compile the network")
     args = parser.parse_args()
 
@@ -146,6 +147,7 @@ def main() -> None:
     arch = args.arch or training["arch"]
     size = args.image_size or training["image_size"]
     batch = args.batch_size or training["batch_size"]
+    channels_last = training.get("channels_last", False) if args.channels_last is None else args.channels_last
     cores = os.cpu_count() or 1
     workers = args.workers or sorted({0, cores})
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -160,9 +162,10 @@ def main() -> None:
     rows = [("PNG decode, 1 process", single), (f"PNG decode into a store, {cores} processes", parallel)]
     for w in workers:
         rows.append((f"store reads, shuffled batches, {w} workers", loader_rate(store, fit_rows, batch, w, 50)))
-    train, infer = model_rates(arch, size, batch, n_classes, device, args.channels_last, args.compile, args.steps)
-    flags = "".join([", channels_last" if args.channels_last else "", ", compiled" if args.compile else ""])
-    rows += [(f"train step ({arch}, {size} px{flags})", train), (f"inference step, 1 view ({arch}, {size} px{flags})", infer)]
+    train, infer = model_rates(arch, size, batch, n_classes, device, channels_last, args.compile, args.steps)
+    flags = "".join([", channels_last" if channels_last else "", ", compiled" if args.compile else ""])
+    rows += [(f"train step ({arch}, {size} px{flags})", train),
+             (f"inference step, 1 view ({arch}, {size} px{flags})", infer)]
 
     width = max(len(r[0]) for r in rows)
     print(f"\n{'stage':<{width}}  sites/s")

@@ -10,14 +10,16 @@ import os
 import shutil
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from kedro.io import AbstractDataset
+from kedro_datasets.pandas import ParquetDataset
 from tqdm.auto import tqdm
 
-from rxrx1_pipeline.images import DecodeJob, ImageStore, PngSites, build_store, write_site
+from rxrx1_pipeline.images import CHUNK, DecodeJob, ImageStore, PngSites, build_store, write_site
 
 
 class SiteImagesDataset(AbstractDataset[dict, PngSites]):
@@ -48,7 +50,7 @@ class SiteImagesDataset(AbstractDataset[dict, PngSites]):
 
         with ThreadPoolExecutor(self._workers) as pool:
             for _ in tqdm(pool.map(write, data.items()), total=len(data), desc="writing sites", unit="site",
-                          mininterval=1):
+                          mininterval=1, disable=None):
                 pass
         for top in sorted(staging.iterdir()):
             shutil.rmtree(self._path / top.name, ignore_errors=True)
@@ -84,24 +86,26 @@ class _FileDataset(AbstractDataset):
 
 class ImageStoreDataset(AbstractDataset[DecodeJob, ImageStore]):
     """The decode-once image store in folder ``path``: saving a :class:`DecodeJob` builds (or resumes,
-    or reuses) it with ``workers`` processes (default: all cores); loading gives an :class:`ImageStore`."""
+    or reuses) it with ``workers`` processes (default: all cores) in tasks of ``chunk`` sites (the unit
+    of resumption); loading gives an :class:`ImageStore`."""
 
-    def __init__(self, *, path: str, workers: int | None = None, metadata: dict | None = None):
+    def __init__(self, *, path: str, workers: int | None = None, chunk: int = CHUNK, metadata: dict | None = None):
         self._path = Path(path)
         self._workers = workers
+        self._chunk = chunk
         self.metadata = metadata
 
     def load(self) -> ImageStore:
         return ImageStore(self._path)
 
     def save(self, data: DecodeJob) -> None:
-        build_store(self._path, data, self._workers)
+        build_store(self._path, data, self._workers, self._chunk)
 
     def _exists(self) -> bool:
         return (self._path / "manifest.json").is_file()
 
     def _describe(self) -> dict[str, Any]:
-        return {"path": str(self._path), "workers": self._workers}
+        return {"path": str(self._path), "workers": self._workers, "chunk": self._chunk}
 
 
 class TorchCheckpointDataset(_FileDataset):
@@ -131,3 +135,40 @@ class CheckpointStoreDataset(_FileDataset):
 
     def _exists(self) -> bool:
         return True
+
+
+class WellTableError(ValueError):
+    """A cached per-well table (logits, embeddings) breaks its contract; the message names file, rows, columns."""
+
+
+def check_well_table(table: pd.DataFrame, source: str) -> None:
+    """``id_code`` first and unique, then float columns only, every value finite."""
+    if table.columns.empty or table.columns[0] != "id_code":
+        raise WellTableError(f"{source}: the first column must be id_code, found {list(table.columns[:1])}")
+    ids = table["id_code"]
+    if ids.isna().any() or ids.duplicated().any():
+        bad = ids[ids.isna() | ids.duplicated()]
+        raise WellTableError(f"{source}: id_code must be unique and set; {len(bad)} rows are not, e.g. row "
+                             f"{bad.index[0]} ({bad.iloc[0]!r})")
+    values = table.iloc[:, 1:]
+    not_float = [f"{c} ({t})" for c, t in values.dtypes.items() if not pd.api.types.is_float_dtype(t)]
+    if not_float:
+        raise WellTableError(f"{source}: {len(not_float)} columns are not float, e.g. {', '.join(not_float[:3])}")
+    finite = np.isfinite(values.to_numpy())
+    if not finite.all():
+        rows, cols = np.flatnonzero(~finite.all(axis=1)), values.columns[~finite.all(axis=0)]
+        raise WellTableError(f"{source}: {int((~finite).sum())} values are NaN or infinite, in {len(rows)} rows "
+                             f"(e.g. id_code {ids.iloc[rows[0]]}) and {len(cols)} columns (e.g. {list(cols[:3])})")
+
+
+class WellTableDataset(ParquetDataset):
+    """A parquet table of per-well model outputs (logits or embeddings): ``id_code``, then float columns.
+
+    Checked on load with :func:`check_well_table`, so a corrupt cache fails naming the file instead of
+    silently changing answers downstream.
+    """
+
+    def load(self) -> pd.DataFrame:
+        table = super().load()
+        check_well_table(table, str(self._filepath))
+        return table

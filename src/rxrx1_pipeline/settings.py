@@ -2,12 +2,19 @@
 
 from kedro.config import OmegaConfigLoader
 
+from rxrx1_pipeline.catalog import AtomicDataCatalog
+from rxrx1_pipeline.hooks import ValidateParameters
+
 CONFIG_LOADER_CLASS = OmegaConfigLoader
-# "soft" merging lets an environment (e.g. conf/real) override single nested keys such as HUVEC.model.epochs.
+# "soft" merging lets an environment (e.g. conf/real) override single nested keys such as HUVEC.training.epochs.
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",
     "merge_strategy": {"parameters": "soft", "globals": "soft"},
 }
+# Parameters are checked against the schema (schema.py) before a run starts.
+HOOKS = (ValidateParameters(),)
+# Every file a catalog dataset writes goes to a temporary name and is renamed into place.
+DATA_CATALOG_CLASS = AtomicDataCatalog
 # kedro-viz's run hooks write .viz/ on every run; `kedro viz` works without them.
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro-viz",)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -33,6 +34,13 @@ def fingerprint(obj) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def code_version() -> str:
+    """Fingerprint of the training code (the nn package and the train nodes), part of a run's identity."""
+    package = Path(__file__).resolve().parents[1]
+    files = sorted((package / "nn").glob("*.py")) + [package / "pipelines" / "train" / "nodes.py"]
+    return hashlib.sha1(b"".join(f.read_bytes() for f in files)).hexdigest()[:16]
+
+
 def cosine_lr(step: int, total: int, warmup: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
@@ -51,23 +59,27 @@ def optimiser(net: torch.nn.Module, settings: dict, steps_per_epoch: int):
 def run_epoch(net, norm, opt, sched, data, plates: torch.Tensor, desc: str) -> tuple[float, float]:
     """One pass over the fit sites with random dihedral views (bf16 autocast on CUDA).
 
-    Returns mean loss and site accuracy.
+    Returns mean loss and site accuracy. A non-finite loss stops the pass (FloatingPointError) before
+    the weights take that step.
     """
     dev = next(net.parameters()).device
     net.train()
     loss_sum = correct = seen = 0
     bar = tqdm(data, desc=desc, unit="batch", leave=False, mininterval=1, disable=None)
-    for images, idx, labels in bar:
+    for batch, (images, idx, labels) in enumerate(bar, start=1):
         x = norm(random_dihedral(images).to(dev, non_blocking=True), plates[idx])
         labels = labels.to(dev)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
             logits = net.logits(net(x).float(), labels)
             loss = torch.nn.functional.cross_entropy(logits, labels)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise FloatingPointError(f"{desc}: the loss became {value} at batch {batch} of {len(data)}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        loss_sum += loss.item() * len(labels)
+        loss_sum += value * len(labels)
         correct += (logits.argmax(1) == labels).sum().item()
         seen += len(labels)
         bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")

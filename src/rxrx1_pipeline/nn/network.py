@@ -57,7 +57,11 @@ class EmbeddingNet(nn.Module):
         self.bias = nn.Parameter(torch.zeros(n_classes)) if head == "softmax" else None
         self.head, self.margin, self.scale = head, margin, scale
 
+    channels_last = False  # set by build_network: NHWC convolutions (faster on this CPU: benchmarks/throughput.py)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.embed(self.backbone(x))
 
     def logits(self, embedding: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -106,6 +110,10 @@ def normaliser_from_stats(mode: str, plate_stats: pd.DataFrame) -> Normaliser:
 
 def build_network(settings: dict, n_classes: int, pretrained: bool = True) -> EmbeddingNet:
     """The network a training-settings block describes (local pretrained weights only when asked)."""
-    return EmbeddingNet(settings["arch"], n_classes, settings["embedding_dim"], settings["head"],
-                        settings["margin"], settings["scale"],
-                        settings.get("pretrained_weights") if pretrained else None)
+    net = EmbeddingNet(settings["arch"], n_classes, settings["embedding_dim"], settings["head"],
+                       settings["margin"], settings["scale"],
+                       settings.get("pretrained_weights") if pretrained else None)
+    if settings.get("channels_last"):
+        net.channels_last = True
+        net = net.to(memory_format=torch.channels_last)
+    return net

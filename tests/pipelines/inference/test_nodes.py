@@ -1,6 +1,5 @@
 import numpy as np
 import pandas as pd
-
 import pytest
 
 from rxrx1_pipeline.nn.checkpoints import CheckpointStore

@@ -26,7 +26,7 @@ HUVEC-01_1_O23,HUVEC-01,1,O23,3
     "test.csv": """id_code,experiment,plate,well
 HEPG2-02_1_B03,HEPG2-02,1,B03
 HEPG2-02_3_D10,HEPG2-02,3,D10
-U2OS-01_4_O22,U2OS-01,4,O22
+HUVEC-02_4_O22,HUVEC-02,4,O22
 """,
     "train_controls.csv": """id_code,experiment,plate,well,sirna,well_type
 HEPG2-01_1_B02,HEPG2-01,1,B02,12,negative_control
@@ -35,7 +35,7 @@ HUVEC-01_1_B02,HUVEC-01,1,B02,12,negative_control
 """,
     "test_controls.csv": """id_code,experiment,plate,well,sirna,well_type
 HEPG2-02_1_B02,HEPG2-02,1,B02,12,negative_control
-U2OS-01_4_C04,U2OS-01,4,C04,11,positive_control
+HUVEC-02_4_C04,HUVEC-02,4,C04,11,positive_control
 """,
 }
 FILES = list(CSV)  # argument order of build_wells
@@ -78,9 +78,9 @@ def test_build_wells_values(wells):
     assert w.loc["HUVEC-01_1_O23"].to_dict() == dict(
         experiment="HUVEC-01", cell_line="HUVEC", plate=1, well="O23", split="train",
         well_type="treatment", sirna=3)
-    assert w.loc["U2OS-01_4_C04", "sirna"] == 11
-    assert w.loc["U2OS-01_4_C04", "split"] == "test"
-    assert set(wells["cell_line"]) == {"HEPG2", "HUVEC", "U2OS"}
+    assert w.loc["HUVEC-02_4_C04", "sirna"] == 11
+    assert w.loc["HUVEC-02_4_C04", "split"] == "test"
+    assert set(wells["cell_line"]) == {"HEPG2", "HUVEC"}
     test_treat = wells[(wells["split"] == "test") & (wells["well_type"] == "treatment")]
     assert len(test_treat) == 3 and test_treat["sirna"].isna().all()
     assert wells.loc[wells["well_type"] != "treatment", "sirna"].notna().all()
@@ -93,10 +93,10 @@ def test_build_sites_two_rows_per_well_with_paths(wells):
     assert sites.groupby("id_code")["site"].apply(lambda s: sorted(s) == [1, 2]).all()
     assert set(sites["id_code"]) == set(wells["id_code"])
     assert [f"w{c}" for c in range(1, 7)] == [c for c in sites.columns if re.fullmatch(r"w\d", c)]
-    row = sites[(sites["id_code"] == "U2OS-01_4_O22") & (sites["site"] == 2)].iloc[0]
+    row = sites[(sites["id_code"] == "HUVEC-02_4_O22") & (sites["site"] == 2)].iloc[0]
     assert row["split"] == "test"
-    assert row["w1"] == "test/U2OS-01/Plate4/O22_s2_w1.png"
-    assert row["w6"] == "test/U2OS-01/Plate4/O22_s2_w6.png"
+    assert row["w1"] == "test/HUVEC-02/Plate4/O22_s2_w1.png"
+    assert row["w6"] == "test/HUVEC-02/Plate4/O22_s2_w6.png"
     row = sites[(sites["id_code"] == "HEPG2-01_1_B02") & (sites["site"] == 1)].iloc[0]
     assert row["w3"] == "train/HEPG2-01/Plate1/B02_s1_w3.png"
 
@@ -135,8 +135,8 @@ BAD_INPUTS = {
                  r"^train\.csv: row HEPG2-01_1_P24: well 'P24' outside B02-O23"),
     "well_B01": (append("train.csv", "HEPG2-01_1_B01,HEPG2-01,1,B01,4"),
                  r"^train\.csv: row HEPG2-01_1_B01: well 'B01' outside B02-O23"),
-    "well_O24": (append("test_controls.csv", "U2OS-01_4_O24,U2OS-01,4,O24,10,positive_control"),
-                 r"^test_controls\.csv: row U2OS-01_4_O24: well 'O24' outside B02-O23"),
+    "well_O24": (append("test_controls.csv", "HUVEC-02_4_O24,HUVEC-02,4,O24,10,positive_control"),
+                 r"^test_controls\.csv: row HUVEC-02_4_O24: well 'O24' outside B02-O23"),
     "plate_0": (append("test.csv", "HEPG2-02_0_C03,HEPG2-02,0,C03"),
                 r"^test\.csv: row HEPG2-02_0_C03: plate 0 outside 1-4"),
     "plate_5": (append("train.csv", "HEPG2-01_5_C03,HEPG2-01,5,C03,4"),
@@ -155,7 +155,7 @@ BAD_INPUTS = {
         edit("train.csv", "C05,2", "C05,10"),
         r"^train\.csv: row HEPG2-01_2_C05: siRNA id 10 out of range \(treatment ids must be below the control"),
     "unknown_well_type": (edit("test_controls.csv", "11,positive_control", "11,treatment"),
-                          r"^test_controls\.csv: row U2OS-01_4_C04: unknown well_type 'treatment'"),
+                          r"^test_controls\.csv: row HUVEC-02_4_C04: unknown well_type 'treatment'"),
     "misspelt_well_type": (edit("train_controls.csv", "12,negative_control\nHEPG2", "12,negative\nHEPG2"),
                            r"^train_controls\.csv: row HEPG2-01_1_B02: unknown well_type 'negative'"),
     "id_code_in_train_and_test": (
@@ -164,8 +164,15 @@ BAD_INPUTS = {
     "id_code_in_train_and_controls": (
         append("train_controls.csv", "HEPG2-01_2_C05,HEPG2-01,2,C05,11,positive_control"),
         r"^train_controls\.csv: row HEPG2-01_2_C05: id_code also listed in train\.csv"),
-    "empty_experiment": (edit("test.csv", "U2OS-01_4_O22,U2OS-01", "U2OS-01_4_O22,"),
-                         r"^test\.csv: row U2OS-01_4_O22: empty experiment"),
+    "empty_experiment": (edit("test.csv", "HUVEC-02_4_O22,HUVEC-02", "HUVEC-02_4_O22,"),
+                         r"^test\.csv: row HUVEC-02_4_O22: empty experiment"),
+    "unknown_cell_line": (append("test.csv", "A549-01_1_C03,A549-01,1,C03"),
+                          r"^test\.csv: row A549-01_1_C03: cell line 'A549' has no pipeline namespace"),
+    "experiment_in_train_and_test": (
+        append("test.csv", "HEPG2-01_3_C03,HEPG2-01,3,C03"),
+        r"^test\.csv: row HEPG2-01_3_C03: experiment HEPG2-01 is in both the train and the test files"),
+    "cell_line_without_train": (append("test.csv", "RPE-01_1_C03,RPE-01,1,C03"),
+                                r"^test\.csv: row RPE-01_1_C03: cell line RPE has no labelled train experiment"),
 }
 
 

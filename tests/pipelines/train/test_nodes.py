@@ -25,8 +25,13 @@ def test_select_sites_holds_out_whole_experiments(tiny_data, tiny_training):
     assert (table.loc[~unlabelled, "class_index"] >= 0).all()  # controls are labelled, test ones too
     with pytest.raises(ValueError, match="HEPG2: valid_experiments \\['HEPG2-09'\\]"):
         select_sites(wells, sites, classes, "HEPG2", {**tiny_training, "valid_experiments": ["HEPG2-09"]})
+    for held in (3, 5):  # all of the 3 labelled experiments, or more than there are
+        with pytest.raises(ValueError, match=f"HEPG2: valid_experiments {held} must be at least 1 and fewer than "
+                                             "its 3 labelled experiments"):
+            select_sites(wells, sites, classes, "HEPG2", {**tiny_training, "valid_experiments": held})
     with pytest.raises(ValueError, match="leaves nothing to fit"):
-        select_sites(wells, sites, classes, "HEPG2", {**tiny_training, "valid_experiments": 3})
+        select_sites(wells, sites, classes, "HEPG2",
+                     {**tiny_training, "valid_experiments": ["HEPG2-01", "HEPG2-02", "HEPG2-03"]})
 
 
 def test_store_rows_hold_the_table_sites(prepared, tiny_data):
@@ -107,3 +112,38 @@ def test_loader_workers_read_the_same_batches(prepared, tiny_training):
         batches.append([(idx, random_dihedral(x)) for x, idx, _ in data])
     for (idx0, x0), (idx2, x2) in zip(*batches, strict=True):
         assert torch.equal(idx0, idx2) and torch.equal(x0, x2)
+
+
+def test_changed_labels_or_pixels_retrain(prepared, tiny_training, tmp_path, caplog):
+    """The resume key covers the labels and the image store's identity, not only the settings and well ids."""
+    classes, model_sites, images, stats = prepared
+    store = CheckpointStore(tmp_path / "c.pt")
+    train_model(model_sites, images, stats, classes, store, "HEPG2", tiny_training)
+    shuffled = model_sites.copy()
+    fit = shuffled["role"] == "fit"
+    shuffled.loc[fit, "class_index"] = np.random.default_rng(0).permutation(shuffled.loc[fit, "class_index"])
+    with caplog.at_level(logging.INFO):
+        train_model(shuffled, images, stats, classes, store, "HEPG2", tiny_training)
+    assert "training from scratch" in caplog.text and "reusing" not in caplog.text
+
+    class OtherPixels:  # same rows, another source folder or file fingerprint
+        job = {**images.job, "files_sha1": "0" * 40}
+        image_size = images.image_size
+        read = images.read
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        train_model(model_sites, OtherPixels(), stats, classes, store, "HEPG2", tiny_training)
+    assert "training from scratch" in caplog.text
+
+
+def test_a_non_finite_loss_stops_training_and_keeps_the_good_checkpoint(prepared, tiny_training, tmp_path):
+    classes, model_sites, images, stats = prepared
+    store = CheckpointStore(tmp_path / "c.pt")
+    train_model(model_sites, images, stats, classes, store, "HEPG2", {**tiny_training, "epochs": 1})
+    broken = stats.copy()
+    broken[STAT_COLUMNS[0]] = np.nan  # every normalised input becomes NaN
+    with pytest.raises(FloatingPointError, match=r"HEPG2 epoch 1/2: the loss became nan at batch 1 of \d+; "
+                                                 r"training stopped: the model is not saved"):
+        train_model(model_sites, images, broken, classes, store, "HEPG2", tiny_training)
+    assert torch.load(tmp_path / "c.pt", weights_only=True)["epoch"] == 1  # the good state, untouched

@@ -5,7 +5,7 @@ import logging
 import numpy as np
 import pandas as pd
 
-from rxrx1_pipeline.plates import CHANNELS, PLATES, SITES, WELLS
+from rxrx1_pipeline.plates import CELL_LINES, CHANNELS, PLATES, SITES, WELLS
 
 log = logging.getLogger(__name__)
 
@@ -100,11 +100,35 @@ def build_wells(
         first = wells.loc[wells["id_code"] == row["id_code"], "_file"].iloc[0]
         raise MetadataError(f"{row['_file']}: row {row['id_code']}: id_code also listed in {first}")
     wells["cell_line"] = wells["experiment"].str.split("-").str[0]
+    check_cell_lines_and_splits(wells)
     wells = wells[WELL_COLUMNS].sort_values(["split", "experiment", "plate", "well"], ignore_index=True)
     counts = wells.groupby(["split", "well_type"]).size()
     log.info("Ingested %d wells: %s", len(wells),
              ", ".join(f"{s} {t} {n}" for (s, t), n in counts.items()))
     return wells
+
+
+def check_cell_lines_and_splits(wells: pd.DataFrame) -> None:
+    """What the later stages rely on, checked now: every cell line has a pipeline namespace and labelled
+    experiments, and no experiment is in both train and test files. ``wells`` still has its ``_file``."""
+    for file, rows in wells.groupby("_file", sort=False):
+        _fail(file, rows, ~rows["cell_line"].isin(CELL_LINES),
+              f"cell line {{cell_line!r}} has no pipeline namespace (the project knows {', '.join(CELL_LINES)}; "
+              "add it to plates.CELL_LINES and give it a parameter block)")
+    splits = wells.groupby("experiment")["split"].nunique()
+    both = wells[wells["experiment"].isin(splits.index[splits > 1]) & (wells["split"] == "test")]
+    if len(both):
+        _fail(str(both["_file"].iloc[0]), both, pd.Series(True, index=both.index),
+              "experiment {experiment} is in both the train and the test files")
+    trained = set(wells.loc[wells["split"] == "train", "cell_line"])
+    untrained = wells[~wells["cell_line"].isin(trained)]
+    if len(untrained):
+        _fail(str(untrained["_file"].iloc[0]), untrained, pd.Series(True, index=untrained.index),
+              "cell line {cell_line} has no labelled train experiment to learn from")
+    absent = sorted(set(CELL_LINES) - set(wells["cell_line"]))
+    if absent:
+        log.warning("No wells of cell line(s) %s: run the model pipelines with --namespaces=%s", ", ".join(absent),
+                    ",".join(sorted(set(wells["cell_line"]))))
 
 
 def build_class_index(wells: pd.DataFrame) -> pd.DataFrame:

@@ -91,7 +91,7 @@ def infer_layouts(logits: pd.DataFrame, wells: pd.DataFrame, sirna_groups: pd.Da
         log.warning("Layout of %s is not decisive: layout %d with posterior %.3f (margin %.1f nats)",
                     r["experiment"], r["layout"], r["confidence"], r["margin"])
     log.info("Layouts inferred for %d experiments (%d not decisive): %s", len(out), len(weak),
-             ", ".join(f"{e}:{l}" for e, l in zip(out["experiment"], out["layout"])))
+             ", ".join(f"{e}:{k}" for e, k in zip(out["experiment"], out["layout"])))
     return out
 
 

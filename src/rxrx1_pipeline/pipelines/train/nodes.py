@@ -28,6 +28,9 @@ def select_sites(wells: pd.DataFrame, sites: pd.DataFrame, classes: pd.DataFrame
         raise ValueError(f"no wells of cell line {cell_line} in wells.parquet")
     train_exps = sorted(mine.loc[mine["split"] == "train", "experiment"].unique())
     held = training["valid_experiments"]
+    if isinstance(held, int) and not 0 < held < len(train_exps):
+        raise ValueError(f"{cell_line}: valid_experiments {held} must be at least 1 and fewer than its "
+                         f"{len(train_exps)} labelled experiments (holding out all leaves nothing to fit)")
     valid = train_exps[len(train_exps) - held:] if isinstance(held, int) else list(held)
     unknown = sorted(set(valid) - set(train_exps))
     if unknown:
@@ -95,8 +98,14 @@ def train_model(model_sites: pd.DataFrame, site_images: ImageStore, plate_stats:
     fit = model_sites[model_sites["role"] == "fit"]
     valid = model_sites[(model_sites["role"] == "valid") & (model_sites["well_type"] == "treatment")]
     settings = {k: v for k, v in training.items() if k not in RUNTIME_ONLY}
-    run_id = loops.fingerprint({"settings": settings, "fit": fit["id_code"].tolist(), "classes": len(classes)})
+    # Everything that changes the trained model: settings, fit wells and their labels, the pixels (the
+    # store's identity covers the source folder, image size and a fingerprint of the files), the code.
+    run_id = loops.fingerprint({"settings": settings, "fit": fit["id_code"].tolist(),
+                                "labels": fit["class_index"].tolist(), "classes": len(classes),
+                                "images": site_images.job, "code": loops.code_version()})
     epochs, batch, workers = training["epochs"], training["batch_size"], training["num_workers"]
+    if epochs < 1:
+        raise ValueError(f"{cell_line}: training.epochs must be >= 1, got {epochs}")
 
     generator = loops.seed_everything(training["seed"])
     net = build_network(training, len(classes)).to(loops.device())
@@ -112,8 +121,13 @@ def train_model(model_sites: pd.DataFrame, site_images: ImageStore, plate_stats:
     fit_plates = torch.from_numpy(fit["plate_index"].to_numpy(copy=True))
     for epoch in range(start, epochs):
         t0 = time.perf_counter()
-        loss, accuracy = loops.run_epoch(net, norm, opt, sched, fit_data, fit_plates,
-                                         f"{cell_line} epoch {epoch + 1}/{epochs}")
+        try:
+            loss, accuracy = loops.run_epoch(net, norm, opt, sched, fit_data, fit_plates,
+                                             f"{cell_line} epoch {epoch + 1}/{epochs}")
+        except FloatingPointError as exc:
+            raise FloatingPointError(f"{exc}; training stopped: the model is not saved and the last checkpoint "
+                                     f"({checkpoints.path}) is untouched; lower training.lr or check the "
+                                     "inputs") from exc
         row = {"epoch": epoch + 1, "loss": loss, "fit_accuracy": accuracy,
                "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
         every = training["validate_every"]

@@ -1,0 +1,317 @@
+"""Fault-injection matrix on a small synthetic data set: each case injects one fault, runs the `kedro run`
+a user would, and checks that the run either fails loudly (non-zero exit, a message naming the problem,
+no output changed) or recovers (a re-run ends with the result of a run without the fault).
+
+    .venv/bin/python benchmarks/faults.py [--keep DIR]
+
+Prints one row per case: exit code(s), verdict, the message, and the files the case changed. A case is
+"SILENT" when a run that should fail exits 0 or changes outputs without a word; after every case, every
+table under data/ must still parse and the submission keep its rows ("half-written" otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+KEDRO = Path(sys.executable).with_name("kedro")
+TINY_SYNTHETIC = {"image_size": 16, "experiments": {"train": 3, "test": 1}, "sirnas_per_group": 4,
+                  "positive_controls": 1, "missing_well_rate": 0.05}
+TINY_TRAINING = {"image_size": 16, "embedding_dim": 16, "epochs": 2, "batch_size": 32, "validate_every": 0}
+INJECTOR = '''
+import os, signal
+if os.environ.get("FAULT") == "kill_during_csv_write":
+    import pandas as pd
+    original = pd.DataFrame.to_csv
+    def to_csv(self, path_or_buf=None, *args, **kwargs):
+        original(self.head(len(self) // 2), path_or_buf, *args, **kwargs)  # half the rows reach the disk
+        os.kill(os.getpid(), signal.SIGKILL)
+    pd.DataFrame.to_csv = to_csv
+if os.environ.get("FAULT") == "kill_during_decode":
+    import numpy as np
+    from rxrx1_pipeline import images
+    save = images._save_atomic
+    def save_then_die(file, array):
+        save(file, array)
+        if file.name == images.DONE and array.sum() >= 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+    images._save_atomic = save_then_die
+'''
+
+
+def run(project: Path, *args: str, fault: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "COLUMNS": "200",
+           "PYTHONPATH": f"{project / '.faults'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    if fault:
+        env["FAULT"] = fault
+    return subprocess.run([str(KEDRO), "run", *args], cwd=project, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def fingerprint(project: Path) -> dict[str, str]:
+    return {str(p.relative_to(project)): hashlib.sha1(p.read_bytes()).hexdigest()
+            for p in sorted((project / "data").rglob("*")) if p.is_file() and p.name != ".gitkeep"}
+
+
+def half_written(project: Path, submission_rows: int) -> list[str]:
+    """Tables under data/ that no longer parse, or a submission that lost rows."""
+    bad = []
+    for p in (project / "data").rglob("*"):
+        if p.name.startswith(".") or not p.is_file():
+            continue
+        try:
+            if p.suffix == ".parquet":
+                pd.read_parquet(p)
+            elif p.suffix == ".csv":
+                table = pd.read_csv(p)
+                if p.name == "submission.csv" and len(table) != submission_rows:
+                    bad.append(f"{p.name} ({len(table)} rows)")
+            elif p.suffix == ".json":
+                json.loads(p.read_text())
+        except Exception:
+            bad.append(p.name)
+    return bad
+
+
+@dataclass
+class Case:
+    name: str
+    inject: Callable[[Path], None]
+    args: tuple[str, ...]
+    expect: str  # a text the failing run must print, or "recover"
+    fault: str | None = None
+    rerun: tuple[str, ...] = ()  # recovery: the command run after the faulty one
+    check: Callable[[Path, subprocess.CompletedProcess], str] | None = None  # recovery: "" when right
+
+
+def edit_parquet(rel: str, change: Callable[[pd.DataFrame], None]) -> Callable[[Path], None]:
+    def inject(project: Path) -> None:
+        table = pd.read_parquet(project / rel)
+        change(table)
+        table.to_parquet(project / rel, index=False)
+    return inject
+
+
+def set_cell(row: int, col: int, value: float) -> Callable[[pd.DataFrame], None]:
+    def change(table: pd.DataFrame) -> None:
+        table.iloc[row, col] = value
+    return change
+
+
+def nan_row(table: pd.DataFrame) -> None:
+    table.iloc[3, 1:] = np.nan
+
+
+def permute_labels(project: Path) -> None:
+    """Shuffle siRNA labels within every train plate: same wells, same plate groups, other labels."""
+    path = project / "data/01_raw/synthetic/train.csv"
+    train = pd.read_csv(path)
+    rng = np.random.default_rng(0)
+    train["sirna"] = train.groupby(["experiment", "plate"])["sirna"].transform(lambda s: rng.permutation(s.to_numpy()))
+    train.to_csv(path, index=False)
+
+
+def add_unknown_cell_line(project: Path) -> None:
+    with open(project / "data/01_raw/synthetic/test.csv", "a") as f:
+        f.write("A549-01_1_C03,A549-01,1,C03\n")
+
+
+def drop_store(project: Path) -> None:
+    shutil.rmtree(project / "data/05_model_input/image_store/HEPG2")
+
+
+def nothing(project: Path) -> None:
+    pass
+
+
+def same_as(reference: Path, *files: str) -> Callable[[Path, subprocess.CompletedProcess], str]:
+    def check(project: Path, result: subprocess.CompletedProcess) -> str:
+        differ = [f for f in files if (project / f).read_bytes() != (reference / f).read_bytes()]
+        return f"differs from the run without the fault: {', '.join(differ)}" if differ else ""
+    return check
+
+
+def retrained(project: Path, result: subprocess.CompletedProcess) -> str:
+    return "reused the checkpoint of the old labels" if "reusing it" in result.stderr else ""
+
+
+def cases(reference: Path) -> list[Case]:
+    logits = "data/07_model_output/test_logits.parquet"
+    stats = "data/05_model_input/HEPG2/plate_stats.parquet"
+    store = "data/05_model_input/image_store/HEPG2/images.npy"
+    return [
+        Case("NaN in one cached logit", edit_parquet(logits, set_cell(5, 7, np.nan)), ("--pipelines=postprocess",),
+             "test_logits.parquet: 1 values are NaN or infinite"),
+        Case("+inf in one cached logit", edit_parquet(logits, set_cell(2, 3, np.inf)), ("--pipelines=postprocess",),
+             "test_logits.parquet: 1 values are NaN or infinite"),
+        Case("NaN row of cached logits", edit_parquet(logits, nan_row), ("--pipelines=postprocess",),
+             "NaN or infinite, in 1 rows"),
+        Case("temperature=-1", nothing, ("--pipelines=postprocess", "--params=postprocess.assignment.temperature=-1"),
+             "postprocess.assignment.temperature = -1"),
+        Case("temperature=0", nothing, ("--pipelines=postprocess", "--params=postprocess.assignment.temperature=0"),
+             "postprocess.assignment.temperature = 0"),
+        Case("sinkhorn_iterations=-1", nothing,
+             ("--pipelines=postprocess", "--params=postprocess.assignment.sinkhorn_iterations=-1"),
+             "postprocess.assignment.sinkhorn_iterations = -1"),
+        Case("epochs=0", nothing, ("--pipelines=train", "--params=HEPG2.training.epochs=0"),
+             "HEPG2.training.epochs = 0"),
+        Case("epochs=-2", nothing, ("--pipelines=train", "--params=HEPG2.training.epochs=-2"),
+             "HEPG2.training.epochs = -2"),
+        Case("valid_experiments > labelled", nothing,
+             ("--pipelines=train", "--namespaces=HEPG2", "--params=HEPG2.training.valid_experiments=5"),
+             "valid_experiments 5 must be at least 1 and fewer than"),
+        Case("unknown cell line in test.csv", add_unknown_cell_line, ("--pipelines=ingest",),
+             "cell line 'A549' has no pipeline namespace"),
+        Case("diverging training (NaN input statistics)", edit_parquet(stats, set_cell(0, 3, np.nan)),
+             ("--pipelines=train", "--namespaces=HEPG2", "--from-nodes=HEPG2.train_model",
+              "--params=HEPG2.training.epochs=3"), "the loss became nan"),
+        Case("labels permuted within plates", permute_labels, ("--pipelines=ingest",), "recover",
+             rerun=("--pipelines=train", "--namespaces=HEPG2"), check=retrained),
+        Case("kill -9 while writing submission.csv", nothing, ("--pipelines=postprocess",), "recover",
+             fault="kill_during_csv_write", rerun=("--pipelines=postprocess",),
+             check=same_as(reference, "data/08_reporting/submission.csv")),
+        Case("kill -9 while decoding the image store", drop_store, ("--pipelines=train", "--namespaces=HEPG2"),
+             "recover", fault="kill_during_decode", rerun=("--pipelines=train", "--namespaces=HEPG2"),
+             check=same_as(reference, store)),
+    ]
+
+
+def kill_during_training(base: Path, reference: Path, work: Path) -> dict:
+    """kill -9 after the first epoch's checkpoint, then the same command: it resumes, and ends bit-identical."""
+    import torch
+
+    project = work / "kill during training"
+    shutil.copytree(base, project)
+    args = ("--pipelines=train", "--namespaces=HEPG2", "--params=HEPG2.training.epochs=3")
+    clean = work / "uninterrupted"
+    shutil.copytree(base, clean)
+    run(clean, *args)
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"}
+    proc = subprocess.Popen([str(KEDRO), "run", *args], cwd=project, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    checkpoint = project / "data/06_models/HEPG2/last_epoch.pt"
+    before = checkpoint.stat().st_mtime_ns
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if checkpoint.stat().st_mtime_ns != before:
+            break
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    code = proc.wait()
+    again = run(project, *args)
+    a = torch.load(project / "data/06_models/HEPG2/model.pt", weights_only=True)["state_dict"]
+    b = torch.load(clean / "data/06_models/HEPG2/model.pt", weights_only=True)["state_dict"]
+    identical = all(torch.equal(a[k], b[k]) for k in b)
+    resumed = "resuming from the checkpoint" in again.stderr
+    verdict = "ok" if again.returncode == 0 and identical and resumed else "FAILED"
+    return {"case": "kill -9 during training, then re-run", "exit": f"{code}, then {again.returncode}",
+            "verdict": verdict, "message": ("resumed; weights bit-identical to an uninterrupted run" if identical
+                                            else "weights differ from an uninterrupted run"),
+            "changed": "", "half_written": ", ".join(half_written(project, len(pd.read_csv(
+                reference / "data/08_reporting/submission.csv"))))}
+
+
+def prepare(work: Path) -> Path:
+    """A project copy with tiny settings, its synthetic data generated and the full pipeline run once."""
+    base = work / "base"
+    shutil.copytree(ROOT, base, ignore=shutil.ignore_patterns("data", ".git", ".venv", "__pycache__", "*.egg-info",
+                                                            ".viz", "build", "tests", "notebooks", "benchmarks"))
+    for sub in ("01_raw", "02_intermediate"):
+        (base / "data" / sub).mkdir(parents=True)
+    (base / ".faults").mkdir()
+    (base / ".faults" / "sitecustomize.py").write_text(INJECTOR)
+    conf = base / "conf" / "base"
+    synthetic = yaml.safe_load((conf / "parameters_synthetic.yml").read_text())
+    synthetic["synthetic"].update(TINY_SYNTHETIC)
+    (conf / "parameters_synthetic.yml").write_text(yaml.safe_dump(synthetic))
+    train = yaml.safe_load((conf / "parameters_train.yml").read_text())
+    for key, block in train.items():
+        if not key.startswith("_"):
+            block["training"] = {**block["training"], **TINY_TRAINING}
+    (conf / "parameters_train.yml").write_text(yaml.safe_dump(train))
+    catalog = yaml.safe_load((conf / "catalog_model.yml").read_text())
+    catalog["{cell_line}.site_images"]["chunk"] = 16  # several chunks to be killed between, on tiny data
+    (conf / "catalog_model.yml").write_text(yaml.safe_dump(catalog))
+    for args in (("--pipelines=synthetic",), ("--pipelines=full",)):
+        result = run(base, *args)
+        if result.returncode:
+            raise SystemExit(f"preparing the base project failed:\n{result.stderr[-3000:]}")
+    return base
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temporary one)")
+    args = parser.parse_args()
+    work = args.keep or Path(tempfile.mkdtemp(prefix="rxrx1-faults-"))
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    base = prepare(work)
+    reference = base
+    rows_expected = len(pd.read_csv(base / "data/08_reporting/submission.csv"))
+    before = fingerprint(base)
+    rows = []
+    for case in cases(reference):
+        project = work / case.name.replace("/", "_")
+        shutil.copytree(base, project)
+        case.inject(project)
+        injected = fingerprint(project)
+        result = run(project, *case.args, fault=case.fault)
+        output = result.stdout + result.stderr
+        changed = sorted(f for f in set(fingerprint(project)) | set(injected)
+                         if fingerprint(project).get(f) != injected.get(f))
+        codes = str(result.returncode)
+        if case.expect == "recover":
+            again = run(project, *case.rerun)
+            codes += f", then {again.returncode}"
+            problem = case.check(project, again if case.rerun else result) if again.returncode == 0 else (
+                f"re-run failed: {again.stderr.strip().splitlines()[-1]}")
+            verdict = "SILENT" if problem.startswith("reused") else ("ok" if not problem else "FAILED")
+            message = problem or "recovered: same result as without the fault"
+            changed_text = f"{len(changed)} files, then re-run"
+        else:
+            last = [line for line in output.splitlines() if case.expect in line]
+            message = last[-1].strip() if last else (output.strip().splitlines() or [""])[-1]
+            if result.returncode == 0:
+                verdict = "SILENT"
+            elif not last:
+                verdict = "UNCLEAR"
+            elif changed:
+                verdict = "CHANGED OUTPUTS"
+            else:
+                verdict = "ok"
+            changed_text = ", ".join(Path(f).name for f in changed) or "none"
+        rows.append({"case": case.name, "exit": codes, "verdict": verdict, "message": message[:150],
+                     "changed": changed_text, "half_written": ", ".join(half_written(project, rows_expected))})
+        assert fingerprint(base) == before, "a case changed the base project"
+    rows.append(kill_during_training(base, reference, work))
+    table = pd.DataFrame(rows)
+    with pd.option_context("display.max_colwidth", 150, "display.width", 250):
+        print(table.to_string(index=False))
+    silent = int((table["verdict"] == "SILENT").sum())
+    partial = int((table["half_written"] != "").sum())
+    print(f"\n{len(table)} cases in {time.perf_counter() - started:.0f} s: {int((table['verdict'] == 'ok').sum())} ok, "
+          f"{silent} silent failures, {partial} with half-written outputs")
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    sys.exit(1 if silent or partial or (table["verdict"] != "ok").any() else 0)
+
+
+if __name__ == "__main__":
+    main()

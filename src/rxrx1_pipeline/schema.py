@@ -1,0 +1,145 @@
+"""One typed schema for every parameter block, checked before a run writes anything.
+
+``validate_parameters`` checks the blocks a pipeline reads and raises :class:`ParameterError` listing
+each bad key with its value and what is allowed. ``hooks.ValidateParameters`` calls it when a run starts.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from rxrx1_pipeline.plates import CELL_LINES
+
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+NonNegative = Annotated[float, Field(ge=0)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+
+class Synthetic(Strict):
+    seed: int
+    image_size: Annotated[int, Field(ge=8)]
+    cell_lines: Annotated[list[Literal[CELL_LINES]], Field(min_length=1)]  # type: ignore[valid-type]
+    experiments: dict[str, Any]
+    sirnas_per_group: PositiveInt
+    positive_controls: NonNegativeInt
+    missing_well_rate: Annotated[float, Field(ge=0, lt=1)]
+    phenotype_strength: NonNegative
+    cell_line_specificity: NonNegative
+    batch_strength: NonNegative
+    noise: NonNegative
+
+    @model_validator(mode="after")
+    def _counts(self) -> Synthetic:
+        """``experiments`` is {train, test} for all cell lines, or per cell line; every cell line needs counts."""
+        for cell_line in self.cell_lines:
+            counts = self.experiments.get(cell_line, self.experiments)
+            train, test = counts.get("train"), counts.get("test")
+            if not (isinstance(train, int) and train >= 1 and isinstance(test, int) and test >= 0):
+                raise ValueError(f"{cell_line} needs experiments {{train: >= 1, test: >= 0}}, got {counts}")
+        if self.sirnas_per_group + self.positive_controls + 1 > 308:
+            raise ValueError("sirnas_per_group + positive_controls + 1 must fit the 308 wells of a plate")
+        return self
+
+
+class Training(Strict):
+    valid_experiments: Any
+
+    @field_validator("valid_experiments")
+    @classmethod
+    def _held_out(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not ((isinstance(value, int) and value >= 1) or (
+                isinstance(value, list) and value and all(isinstance(v, str) for v in value))):
+            raise ValueError("must be a count >= 1 (the last N labelled experiments) or a list of experiment names")
+        return value
+    arch: Annotated[str, Field(min_length=1)]
+    pretrained_weights: str | None = None
+    image_size: Annotated[int, Field(ge=8)]
+    embedding_dim: Annotated[int, Field(ge=2)]
+    head: Literal["cosface", "arcface", "softmax"]
+    margin: NonNegative
+    scale: Annotated[float, Field(gt=0)]
+    normalization: Literal["plate", "image"]
+    epochs: PositiveInt
+    batch_size: Annotated[int, Field(ge=2)]  # BatchNorm needs two samples
+    lr: Annotated[float, Field(gt=0, le=1)]
+    weight_decay: NonNegative
+    seed: int
+    validate_every: NonNegativeInt
+    num_workers: NonNegativeInt
+    channels_last: bool = False
+
+
+class CellLine(Strict):
+    cell_line: Literal[CELL_LINES]  # type: ignore[valid-type]
+    training: Training
+
+
+class Inference(Strict):
+    tta: Annotated[int, Field(ge=1, le=8)]
+    batch_size: PositiveInt
+    num_workers: NonNegativeInt
+
+
+class Rotation(Strict):
+    min_confidence: Annotated[float, Field(gt=0, le=1)]
+
+
+class Assignment(Strict):
+    cost: Literal["prob", "log_prob"]
+    temperature: Any
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature(cls, value: Any) -> Any:
+        if value != "auto" and (isinstance(value, bool) or not isinstance(value, int | float) or not value > 0):
+            raise ValueError("must be 'auto' (fitted on the validation wells) or a number > 0")
+        return value
+    temperature_bounds: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=2, max_length=2)]
+    sinkhorn_iterations: NonNegativeInt
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Assignment:
+        low, high = self.temperature_bounds
+        if low >= high:
+            raise ValueError(f"temperature_bounds must be [low, high] with low < high, got {self.temperature_bounds}")
+        return self
+
+
+class Postprocess(Strict):
+    rotation: Rotation
+    assignment: Assignment
+
+
+BLOCKS: dict[str, type[BaseModel]] = {"synthetic": Synthetic, "inference": Inference,
+                                      "postprocess": Postprocess, **{cl: CellLine for cl in CELL_LINES}}
+
+
+class ParameterError(ValueError):
+    """Parameters break the schema; the message lists every bad key, its value and what is allowed."""
+
+
+def validate_parameters(parameters: dict[str, Any], blocks: set[str] | None = None) -> None:
+    """Check the named top-level blocks (default: all known) of a parameters mapping."""
+    problems = []
+    for block in sorted(blocks if blocks is not None else BLOCKS):
+        schema = BLOCKS.get(block)
+        if schema is None:
+            continue
+        if block not in parameters:
+            problems.append(f"{block}: missing (every run of these pipelines needs it)")
+            continue
+        try:
+            schema.model_validate(parameters[block])
+        except ValidationError as exc:
+            for error in exc.errors():
+                key = ".".join([block, *(str(p) for p in error["loc"])])
+                value = error.get("input")
+                problems.append(f"{key} = {value!r}: {error['msg'].removeprefix('Value error, ')}")
+    if problems:
+        raise ParameterError("invalid parameters (nothing was run):\n  " + "\n  ".join(problems))
