@@ -56,12 +56,25 @@ if os.environ.get("FAULT") == "kill_during_decode":
 
 
 def run(project: Path, *args: str, fault: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`kedro run ARGS` in ``project``; output through files, so helpers outliving a killed run cannot hold
+    it open; whatever is left of the run's process group afterwards is killed."""
     env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "COLUMNS": "200",
            "PYTHONPATH": f"{project / '.faults'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     if fault:
         env["FAULT"] = fault
-    return subprocess.run([str(KEDRO), "run", *args], cwd=project, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([str(KEDRO), "run", *args], cwd=project, env=env, stdout=out, stderr=err,
+                                start_new_session=True)
+        try:
+            code = proc.wait(timeout)
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(proc.args, code, out.read(), err.read())
 
 
 def fingerprint(project: Path) -> dict[str, str]:
@@ -98,6 +111,7 @@ class Case:
     fault: str | None = None
     rerun: tuple[str, ...] = ()  # recovery: the command run after the faulty one
     check: Callable[[Path, subprocess.CompletedProcess], str] | None = None  # recovery: "" when right
+    recovered: str = "recovered: same result as without the fault"
 
 
 def edit_parquet(rel: str, change: Callable[[pd.DataFrame], None]) -> Callable[[Path], None]:
@@ -111,6 +125,12 @@ def edit_parquet(rel: str, change: Callable[[pd.DataFrame], None]) -> Callable[[
 def set_cell(row: int, col: int, value: float) -> Callable[[pd.DataFrame], None]:
     def change(table: pd.DataFrame) -> None:
         table.iloc[row, col] = value
+    return change
+
+
+def nan_column(col: int) -> Callable[[pd.DataFrame], None]:
+    def change(table: pd.DataFrame) -> None:
+        table.iloc[:, col] = np.nan
     return change
 
 
@@ -178,11 +198,12 @@ def cases(reference: Path) -> list[Case]:
              "valid_experiments 5 must be at least 1 and fewer than"),
         Case("unknown cell line in test.csv", add_unknown_cell_line, ("--pipelines=ingest",),
              "cell line 'A549' has no pipeline namespace"),
-        Case("diverging training (NaN input statistics)", edit_parquet(stats, set_cell(0, 3, np.nan)),
+        Case("diverging training (NaN input statistics)", edit_parquet(stats, nan_column(3)),
              ("--pipelines=train", "--namespaces=HEPG2", "--from-nodes=HEPG2.train_model",
               "--params=HEPG2.training.epochs=3"), "the loss became nan"),
         Case("labels permuted within plates", permute_labels, ("--pipelines=ingest",), "recover",
-             rerun=("--pipelines=train", "--namespaces=HEPG2"), check=retrained),
+             rerun=("--pipelines=train", "--namespaces=HEPG2"), check=retrained,
+             recovered="retrained from scratch: the checkpoint of the old labels was not reused"),
         Case("kill -9 while writing submission.csv", nothing, ("--pipelines=postprocess",), "recover",
              fault="kill_during_csv_write", rerun=("--pipelines=postprocess",),
              check=same_as(reference, "data/08_reporting/submission.csv")),
@@ -274,8 +295,8 @@ def main() -> None:
         injected = fingerprint(project)
         result = run(project, *case.args, fault=case.fault)
         output = result.stdout + result.stderr
-        changed = sorted(f for f in set(fingerprint(project)) | set(injected)
-                         if fingerprint(project).get(f) != injected.get(f))
+        after = fingerprint(project)
+        changed = sorted(f for f in set(after) | set(injected) if after.get(f) != injected.get(f))
         codes = str(result.returncode)
         if case.expect == "recover":
             again = run(project, *case.rerun)
@@ -283,7 +304,7 @@ def main() -> None:
             problem = case.check(project, again if case.rerun else result) if again.returncode == 0 else (
                 f"re-run failed: {again.stderr.strip().splitlines()[-1]}")
             verdict = "SILENT" if problem.startswith("reused") else ("ok" if not problem else "FAILED")
-            message = problem or "recovered: same result as without the fault"
+            message = problem or case.recovered
             changed_text = f"{len(changed)} files, then re-run"
         else:
             last = [line for line in output.splitlines() if case.expect in line]

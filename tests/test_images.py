@@ -15,6 +15,7 @@ import pytest
 
 from rxrx1_pipeline.datasets import SiteImagesDataset
 from rxrx1_pipeline.images import DecodeJob, ImageStore, PngSites, StoreError, build_store, read_site
+from tests.conftest import ROOT
 
 SIZE = 8
 
@@ -31,6 +32,15 @@ class CountingSites(PngSites):
             f.write(prefix + "\n")
         if self.fail_after >= 0 and len(self.log.read_text().splitlines()) > self.fail_after:
             raise RuntimeError("simulated crash while decoding")
+        return super().read(prefix, size)
+
+
+@dataclass(frozen=True)
+class SlowSites(PngSites):
+    """A PNG reader slow enough to be killed mid-build."""
+
+    def read(self, prefix, size=None):
+        time.sleep(0.05)
         return super().read(prefix, size)
 
 
@@ -102,17 +112,20 @@ def test_a_build_killed_with_sigkill_resumes(png_tree, tmp_path):
     script = (
         "import sys, time; from pathlib import Path\n"
         "from rxrx1_pipeline.images import DecodeJob, PngSites, build_store\n"
-        "class Slow(PngSites):\n"
-        "    def read(self, prefix, size=None):\n"
-        "        time.sleep(0.05); return super().read(prefix, size)\n"
-        f"build_store(Path({str(path)!r}), DecodeJob(Slow(Path({str(root)!r})), {prefixes!r}, {SIZE}), 1, 4)\n")
-    proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+        "from tests.test_images import SlowSites as Slow\n"
+        "if __name__ == '__main__':\n"
+        f"    build_store(Path({str(path)!r}), DecodeJob(Slow(Path({str(root)!r})), {prefixes!r}, {SIZE}), 2, 4)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True, cwd=ROOT)
     done = path.with_name("store.partial") / "done.npy"
     deadline = time.time() + 60
     while time.time() < deadline and not (done.exists() and np.load(done).sum() >= 2):
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
+    os.kill(proc.pid, signal.SIGKILL)  # the main process only: its decoding processes must follow it
     proc.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline and _session_alive(proc.pid):
+        time.sleep(0.1)
+    assert not _session_alive(proc.pid), "decoding processes outlived the killed build"
     assert not (path / "manifest.json").exists()
     finished = int(np.load(done).sum())
     assert 2 <= finished < 10
@@ -120,6 +133,11 @@ def test_a_build_killed_with_sigkill_resumes(png_tree, tmp_path):
     build_store(path, DecodeJob(CountingSites(root, log), prefixes, SIZE), workers=1, chunk=4)
     assert len(reads(log)) == 40 - 4 * finished
     np.testing.assert_array_equal(ImageStore(path).images, np.stack([read_site(root, p, SIZE) for p in prefixes]))
+
+
+def _session_alive(sid: int) -> bool:
+    out = subprocess.run(["ps", "-o", "pid=", "-s", str(sid)], capture_output=True, text=True).stdout
+    return bool(out.strip())
 
 
 def test_too_little_disk_fails_before_writing(png_tree, tmp_path, monkeypatch):

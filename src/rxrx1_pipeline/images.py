@@ -201,7 +201,8 @@ def build_store(path: Path, job: DecodeJob, workers: int | None = None, chunk: i
     if already:
         log.info("Image store %s: resuming, %d of %d sites already decoded", path, already, shape[0])
     workers = max(1, min(workers or os.cpu_count() or 1, len(tasks)))
-    pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn")) if workers > 1 else None
+    pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_exit_with_parent,
+                               initargs=(os.getpid(),)) if workers > 1 else None
     bar = tqdm(total=shape[0], initial=already, desc=f"decoding sites ({workers} processes)", unit="site",
                mininterval=2, disable=None)
     try:
@@ -223,6 +224,19 @@ def build_store(path: Path, job: DecodeJob, workers: int | None = None, chunk: i
     shutil.rmtree(old, ignore_errors=True)
     log.info("Image store %s: %d sites at %d px, %.1f MiB", path, shape[0], job.image_size,
              ImageStore(path).nbytes() / 2**20)
+
+
+def _exit_with_parent(parent: int) -> None:
+    """In a decoding process: exit when the building process is gone (killed), instead of lingering."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def _decode_chunk(task) -> int:
