@@ -18,7 +18,8 @@ def _pipelines_and_catalog():
 
 def test_every_pipeline_dataset_is_persisted_and_layered():
     pipelines, catalog = _pipelines_and_catalog()
-    assert {"synthetic", "ingest", "plate_groups", "train", "inference", "postprocess", "full"} <= set(pipelines)
+    assert {"synthetic", "ingest", "plate_groups", "train", "inference", "postprocess", "report", "full"} <= set(
+        pipelines)
     not_persisted: dict[str, set[str]] = {}  # dataset -> pipelines using it
     no_layer = set()
     for name, pipe in pipelines.items():
@@ -40,4 +41,4 @@ def test_raw_images_come_from_the_catalog_only():
     params = {ds for pipe in pipelines.values() for ds in pipe.datasets() if ds.startswith("params:")}
     assert not [p for p in params if p.endswith("data_root")]
     readers = {n.name for n in pipelines["full"].nodes if "raw_site_images" in n.inputs}
-    assert readers == {f"{cl}.decode_sites" for cl in ("HEPG2", "HUVEC", "RPE", "U2OS")}
+    assert readers == {f"{cl}.decode_sites" for cl in ("HEPG2", "HUVEC", "RPE", "U2OS")} | {"build_report"}

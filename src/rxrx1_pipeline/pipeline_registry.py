@@ -9,6 +9,7 @@ from rxrx1_pipeline.pipelines import (
     ingest,
     plate_groups,
     postprocess,
+    report,
     synthetic,
     train,
 )
@@ -26,9 +27,9 @@ def register_pipelines() -> dict[str, Pipeline]:
         "train": train.create_pipeline(),
         "inference": inference.create_pipeline(),
         "postprocess": postprocess.create_pipeline(),
+        "report": report.create_pipeline(),
     }
-    pipes["full"] = (
-        pipes["ingest"] + pipes["plate_groups"] + pipes["train"] + pipes["inference"] + pipes["postprocess"]
-    )
+    pipes["full"] = (pipes["ingest"] + pipes["plate_groups"] + pipes["train"] + pipes["inference"]
+                     + pipes["postprocess"] + pipes["report"])
     pipes["__default__"] = pipes["full"]
     return pipes

@@ -40,7 +40,8 @@ def run_postprocess(inputs: dict) -> dict:
     return {name: catalog.load(name) for name in pipe.datasets() if not name.startswith("params:")}
 
 
-def test_postprocess_reruns_from_cached_logits(caplog):
+def small_case() -> tuple[dict, pd.DataFrame, pd.Series]:
+    """(postprocess inputs, wells, true siRNA per id_code) of a small plate structure with simulated logits."""
     wells, _, truth = make_wells(per_group=10, missing=("HUVEC-03_4_B07",), seed=5)
     groups = discover_sirna_groups(wells)
     train_pg = assign_train_plate_groups(wells, groups)
@@ -49,6 +50,11 @@ def test_postprocess_reruns_from_cached_logits(caplog):
               "plate_layouts": tabulate_plate_layouts(train_pg),
               "valid_logits": simulated_logits(valid, truth, "train", strength=2.5, seed=1),
               "test_logits": simulated_logits(wells, truth, "test", strength=2.5, seed=2)}
+    return inputs, wells, truth
+
+
+def test_postprocess_reruns_from_cached_logits(caplog):
+    inputs, wells, truth = small_case()
     with caplog.at_level(logging.INFO):
         first = run_postprocess(inputs)
     assert "Validation accuracy" in caplog.text and "Assignment temperature fitted" in caplog.text

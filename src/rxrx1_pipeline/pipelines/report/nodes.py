@@ -1,0 +1,113 @@
+"""Reporting: training curves of all cell lines in one chart, and a self-contained HTML report."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import logging
+
+import numpy as np
+import pandas as pd
+
+from rxrx1_pipeline.images import PngSites
+from rxrx1_pipeline.plates import CELL_LINES
+
+log = logging.getLogger(__name__)
+
+# Colour of each channel (w1..w6) in RGB composites, the convention of Recursion's rxrx1 utilities:
+# nuclei blue, ER green, actin red, nucleoli/RNA cyan, mitochondria magenta, Golgi/membrane yellow.
+CHANNEL_RGB = np.array([[19, 0, 249], [42, 255, 31], [255, 0, 25], [45, 255, 252], [250, 0, 253], [254, 255, 40]],
+                       dtype=np.float64) / 255
+
+
+def plot_training_curves(*histories: pd.DataFrame):
+    """Loss and validation site accuracy per epoch, every cell line overlaid (one colour each)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("fit loss", "validation site accuracy"))
+    for cell_line, history, colour in zip(CELL_LINES, histories, ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728")):
+        fig.add_trace(go.Scatter(x=history["epoch"], y=history["loss"], name=cell_line, legendgroup=cell_line,
+                                 line={"color": colour}), row=1, col=1)
+        if "valid_site_accuracy" in history:
+            valid = history.dropna(subset=["valid_site_accuracy"])
+            fig.add_trace(go.Scatter(x=valid["epoch"], y=valid["valid_site_accuracy"], name=cell_line,
+                                     legendgroup=cell_line, showlegend=False, mode="lines+markers",
+                                     line={"color": colour}), row=1, col=2)
+    fig.update_xaxes(title_text="epoch")
+    fig.update_yaxes(tickformat=".0%", row=1, col=2)
+    fig.update_layout(title="Training, all cell lines", template="plotly_white")
+    return fig
+
+
+def composite(image: np.ndarray) -> np.ndarray:
+    """(6, H, W) uint8 site -> (H, W, 3) uint8 RGB, each channel scaled to its 99.5th percentile."""
+    x = image.astype(np.float64)
+    top = np.maximum(np.percentile(x, 99.5, axis=(1, 2)), 1.0)[:, None, None]
+    rgb = np.einsum("chw,ck->hwk", np.clip(x / top, 0, 1), CHANNEL_RGB)
+    return (np.clip(rgb / rgb.max(initial=1e-9), 0, 1) * 255).astype(np.uint8)
+
+
+def _png(rgb: np.ndarray, size: int = 160) -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb).resize((size, size), Image.NEAREST).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def build_report(postprocess_metrics: pd.DataFrame, training_curves, postprocess_chart,
+                 valid_plate_groups: pd.DataFrame, test_plate_groups: pd.DataFrame,
+                 valid_predictions: pd.DataFrame, wells: pd.DataFrame, sites: pd.DataFrame,
+                 raw_site_images: PngSites, examples: int = 8) -> str:
+    """One HTML file that opens in any browser: the stage table, the charts, the layout posteriors,
+    per-plate accuracy after assignment and a few validation sites as colour composites."""
+    import plotly.io as pio
+
+    stages = postprocess_metrics[postprocess_metrics["level"] != "experiment"][
+        ["name", "wells", "raw", "masked", "assigned", "layout_correct"]]
+    posterior = pd.concat([valid_plate_groups.assign(split="valid"), test_plate_groups.assign(split="test")])
+    post_cols = [c for c in posterior.columns if c.startswith("posterior_")]
+    posterior = posterior[["split", "experiment", "layout", "confidence", "margin", *post_cols]]
+    truth = valid_predictions.merge(wells[["id_code", "sirna"]], on="id_code")
+    truth["correct"] = truth["sirna_assigned"] == truth["sirna"]
+    per_plate = truth.pivot_table(index="experiment", columns="plate", values="correct", aggfunc="mean")
+    per_plate.columns = [f"plate {p}" for p in per_plate.columns]
+
+    wrong = truth[~truth["correct"]].head(examples // 2)  # up to half wrong ones, the rest right
+    picks = pd.concat([truth[truth["correct"]].head(examples - len(wrong)), wrong])
+    tiles = []
+    for _, row in picks.iterrows():
+        site = sites[(sites["id_code"] == row["id_code"]) & (sites["site"] == 1)].iloc[0]
+        image = raw_site_images.read(site["w1"][: -len("_w1.png")])
+        verdict = "right" if row["correct"] else "wrong"
+        tiles.append(f'<figure><img src="data:image/png;base64,{_png(composite(image))}" alt="{row["id_code"]}">'
+                     f'<figcaption>{html.escape(row["id_code"])}<br>predicted {row["sirna_assigned"]}, '
+                     f'true {int(row["sirna"])} ({verdict})</figcaption></figure>')
+
+    def table(frame: pd.DataFrame, percent: list[str]) -> str:
+        return frame.to_html(index=False, border=0, float_format=lambda v: f"{v:.3f}",
+                             formatters={c: "{:.1%}".format for c in percent})
+
+    parts = [
+        "<h2>Validation accuracy per stage</h2>",
+        table(stages, ["raw", "masked", "assigned", "layout_correct"]),
+        pio.to_html(postprocess_chart, full_html=False, include_plotlyjs=True),
+        "<h2>Training curves</h2>", pio.to_html(training_curves, full_html=False, include_plotlyjs=False),
+        "<h2>Plate layout posterior per experiment</h2>",
+        "<p>Posterior of each candidate layout (group on plates 1..4) given the model's logits; "
+        "margin in nats over the runner-up.</p>",
+        table(posterior, []),
+        "<h2>Accuracy after assignment per validation plate</h2>",
+        per_plate.reset_index().to_html(index=False, border=0, float_format=lambda v: f"{v:.1%}"),
+        "<h2>Validation sites (site 1, RGB composite of the 6 channels)</h2>",
+        '<div class="tiles">' + "".join(tiles) + "</div>",
+    ]
+    style = ("body{font-family:sans-serif;margin:2em;max-width:1200px} table{border-collapse:collapse;"
+             "font-size:13px} td,th{padding:3px 8px;text-align:right} tr:nth-child(even){background:#f4f4f4}"
+             " .tiles{display:flex;flex-wrap:wrap;gap:12px} figure{margin:0;font-size:12px;text-align:center}")
+    log.info("Report: %d stage rows, %d experiments' layouts, %d example sites", len(stages), len(posterior),
+             len(tiles))
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>RxRx1 pipeline report</title>"
+            f"<style>{style}</style></head><body><h1>RxRx1 pipeline report</h1>{''.join(parts)}</body></html>")

@@ -1,0 +1,17 @@
+"""Reporting: the cell lines' training curves in one chart, and report.html (runs on persisted outputs)."""
+
+from kedro.pipeline import Node, Pipeline
+
+from rxrx1_pipeline.plates import CELL_LINES
+
+from .nodes import build_report, plot_training_curves
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline([
+        Node(plot_training_curves, [f"{cl}.history" for cl in CELL_LINES], "training_curves",
+             name="plot_training_curves"),
+        Node(build_report, ["postprocess_metrics", "training_curves", "postprocess_chart", "valid_plate_groups",
+                            "test_plate_groups", "valid_predictions", "wells", "sites", "raw_site_images"],
+             "report", name="build_report"),
+    ])

@@ -1,0 +1,51 @@
+"""The report: training curves overlaid, colour composites, and a self-contained report.html."""
+
+import re
+
+import numpy as np
+import pandas as pd
+
+from rxrx1_pipeline.pipelines.ingest.nodes import build_sites
+from rxrx1_pipeline.pipelines.report.nodes import CHANNEL_RGB, build_report, composite, plot_training_curves
+from rxrx1_pipeline.plates import CELL_LINES
+from tests.pipelines.postprocess.test_pipeline import run_postprocess, small_case
+
+
+def history(offset: float) -> pd.DataFrame:
+    return pd.DataFrame({"epoch": [1, 2, 3], "loss": [3.0 + offset, 2.0, 1.0],
+                         "valid_site_accuracy": [np.nan, np.nan, 0.4 + offset]})
+
+
+def test_training_curves_overlay_every_cell_line():
+    fig = plot_training_curves(*(history(i / 10) for i in range(len(CELL_LINES))))
+    names = [t.name for t in fig.data]
+    assert names.count("HEPG2") == 2 and [n for n in names[::2]] == list(CELL_LINES)
+    assert list(fig.data[-1].y) == [0.4 + 0.3]  # validation points only where measured
+
+
+def test_composite_maps_each_channel_to_its_colour():
+    image = np.zeros((6, 4, 4), np.uint8)
+    image[0, :2] = 200  # nuclei in the top half only
+    rgb = composite(image)
+    assert rgb.shape == (4, 4, 3) and rgb.dtype == np.uint8
+    np.testing.assert_allclose(rgb[0, 0] / 255, CHANNEL_RGB[0] / CHANNEL_RGB[0].max(), atol=0.01)
+    assert (rgb[3] == 0).all()
+
+
+class FakeSites:
+    def read(self, prefix, size=None):
+        return np.random.default_rng(len(prefix)).integers(0, 255, (6, 16, 16), np.uint8)
+
+
+def test_report_is_one_self_contained_html_file():
+    inputs, wells, _ = small_case()
+    out = run_postprocess(inputs)
+    curves = plot_training_curves(*(history(0) for _ in CELL_LINES))
+    page = build_report(out["postprocess_metrics"], curves, out["postprocess_chart"], out["valid_plate_groups"],
+                        out["test_plate_groups"], out["valid_predictions"], wells, build_sites(wells), FakeSites())
+    assert page.startswith("<!doctype html>") and page.endswith("</html>")
+    assert not re.search(r"<script[^>]+src=", page)  # plotly is inlined: opens offline
+    assert page.count("<img src=\"data:image/png;base64,") == 8
+    assert "Plate layout posterior per experiment" in page and "posterior_0" in page
+    for experiment in out["valid_plate_groups"]["experiment"]:
+        assert experiment in page
