@@ -16,5 +16,3 @@ CONFIG_LOADER_ARGS = {
 HOOKS = (ValidateParameters(),)
 # Every file a catalog dataset writes goes to a temporary name and is renamed into place.
 DATA_CATALOG_CLASS = AtomicDataCatalog
-# kedro-viz's run hooks write .viz/ on every run; `kedro viz` works without them.
-DISABLE_HOOKS_FOR_PLUGINS = ("kedro-viz",)
