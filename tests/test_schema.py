@@ -13,7 +13,7 @@ def conf(env: str = "local") -> dict:
     return dict(OmegaConfigLoader(str(ROOT / "conf"), env=env, **CONFIG_LOADER_ARGS)["parameters"])
 
 
-@pytest.mark.parametrize("env", ["local", "rxrx1_shaped"])
+@pytest.mark.parametrize("env", ["local", "rxrx1_shaped", "real"])
 def test_shipped_parameters_are_valid(env):
     validate_parameters(conf(env))
 
