@@ -1,4 +1,5 @@
-"""End to end through the CLI on a tiny synthetic dataset: `synthetic`, then `full`, then `postprocess` alone."""
+"""End to end through the CLI on a tiny synthetic dataset: `synthetic`, then `full`, then `postprocess` alone;
+then the exploration notebook executed headless on those outputs."""
 
 from pathlib import Path
 
@@ -8,7 +9,7 @@ import yaml
 
 from rxrx1_pipeline.images import ImageStore, read_site
 from rxrx1_pipeline.pipelines.synthetic.nodes import render_sites
-from tests.conftest import kedro_run
+from tests.conftest import ROOT, kedro_run
 
 TINY_SYNTHETIC = {"image_size": 16, "experiments": {"train": 3, "test": 1}, "sirnas_per_group": 4,
                   "positive_controls": 1, "missing_well_rate": 0.05}
@@ -67,3 +68,22 @@ def test_synthetic_then_full_then_postprocess(project_copy: Path):
     again = kedro_run(project_copy, "--pipelines=postprocess")
     assert again.returncode == 0, again.stderr[-3000:]
     pd.testing.assert_frame_equal(pd.read_csv(data / "08_reporting/submission.csv"), submission)
+
+    notebook = _execute_notebook(project_copy)
+    text = "".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code" for o in c.outputs)
+    assert "all " in text and "layout ok" in text  # the stage table
+    images = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
+    assert len(images) == 1  # the site composites
+    assert "margin" in str(notebook.cells[-1].outputs)
+
+
+def _execute_notebook(project: Path):
+    """Run notebooks/explore_outputs.ipynb in a fresh kernel inside ``project`` (fails on any cell error)."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    (project / "notebooks").mkdir(exist_ok=True)
+    notebook = nbformat.read(ROOT / "notebooks" / "explore_outputs.ipynb", as_version=4)
+    NotebookClient(notebook, timeout=180, kernel_name="python3",
+                   resources={"metadata": {"path": str(project / "notebooks")}}).execute()
+    return notebook
