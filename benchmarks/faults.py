@@ -30,10 +30,11 @@ import pandas as pd
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the tiny-project builders are shared with the tests
+
+from tests.builders import copy_project, shrink_project  # noqa: E402
+
 KEDRO = Path(sys.executable).with_name("kedro")
-TINY_SYNTHETIC = {"image_size": 16, "experiments": {"train": 3, "test": 1}, "sirnas_per_group": 4,
-                  "positive_controls": 1, "missing_well_rate": 0.05}
-TINY_TRAINING = {"image_size": 16, "embedding_dim": 16, "epochs": 2, "batch_size": 32, "validate_every": 0}
 INJECTOR = '''
 import os, signal
 if os.environ.get("FAULT") == "kill_during_csv_write":
@@ -250,22 +251,11 @@ def kill_during_training(base: Path, reference: Path, work: Path) -> dict:
 
 def prepare(work: Path) -> Path:
     """A project copy with tiny settings, its synthetic data generated and the full pipeline run once."""
-    base = work / "base"
-    shutil.copytree(ROOT, base, ignore=shutil.ignore_patterns("data", ".git", ".venv", "__pycache__", "*.egg-info",
-                                                            ".viz", "build", "tests", "notebooks", "benchmarks"))
-    for sub in ("01_raw", "02_intermediate"):
-        (base / "data" / sub).mkdir(parents=True)
+    base = copy_project(work / "base")
+    shrink_project(base)
     (base / ".faults").mkdir()
     (base / ".faults" / "sitecustomize.py").write_text(INJECTOR)
     conf = base / "conf" / "base"
-    synthetic = yaml.safe_load((conf / "parameters_synthetic.yml").read_text())
-    synthetic["synthetic"].update(TINY_SYNTHETIC)
-    (conf / "parameters_synthetic.yml").write_text(yaml.safe_dump(synthetic))
-    train = yaml.safe_load((conf / "parameters_train.yml").read_text())
-    for key, block in train.items():
-        if not key.startswith("_"):
-            block["training"] = {**block["training"], **TINY_TRAINING}
-    (conf / "parameters_train.yml").write_text(yaml.safe_dump(train))
     catalog = yaml.safe_load((conf / "catalog_model.yml").read_text())
     catalog["{cell_line}.site_images"]["chunk"] = 16  # several chunks to be killed between, on tiny data
     (conf / "catalog_model.yml").write_text(yaml.safe_dump(catalog))

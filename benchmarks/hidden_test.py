@@ -10,37 +10,32 @@ Only synthetic data sets have a hidden truth (`synthetic_truth` in the catalog).
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = {"raw": "sirna_argmax", "masked": "sirna_masked", "assigned": "sirna_assigned"}
 
 
 def score(predictions: pd.DataFrame, truth: pd.DataFrame, plate_groups: pd.DataFrame,
           sirna_groups: pd.DataFrame) -> pd.DataFrame:
-    """Accuracy per stage and cell line (and overall) of ``predictions`` against ``truth``; layouts right."""
-    from rxrx1_pipeline.plates import layout_long
+    """The postprocess ``evaluate`` table of ``predictions`` against the hidden ``truth``: accuracy per stage
+    per experiment, cell line and overall, and whether each experiment's inferred layout is right."""
+    from rxrx1_pipeline.pipelines.postprocess.nodes import evaluate
 
-    df = predictions.merge(truth[["id_code", "cell_line", "sirna"]], on="id_code", how="left", validate="1:1")
-    if df["sirna"].isna().any():
+    if not predictions["id_code"].isin(truth["id_code"]).all():
         raise SystemExit("predictions hold wells the hidden truth lacks: is this the synthetic data set's run?")
-    hits = pd.DataFrame({stage: df[column] == df["sirna"] for stage, column in STAGES.items()})
-    hits["cell_line"] = df["cell_line"]
-    table = hits.groupby("cell_line").agg(wells=("raw", "size"), **{s: (s, "mean") for s in STAGES})
-    table.loc["all"] = [len(hits), *(hits[s].mean() for s in STAGES)]
-    inferred = layout_long(plate_groups, "inferred")
     treated = truth[truth["well_type"] == "treatment"].drop(columns="group")
-    actual = (treated.merge(sirna_groups, on="sirna")  # the group numbers discovered from train
-              .groupby(["experiment", "plate"], as_index=False).agg(group=("group", "first"),
-                                                                   cell_line=("cell_line", "first")))
-    both = inferred.merge(actual, on=["experiment", "plate"])
-    right = (both["inferred"] == both["group"]).groupby([both["cell_line"], both["experiment"]]).all()
-    per_line = right.groupby(level=0).agg(["sum", "size"])
-    table["layouts"] = [f"{int(per_line.loc[c, 'sum'])}/{int(per_line.loc[c, 'size'])}" for c in table.index[:-1]] + [
-        f"{int(right.sum())}/{len(right)}"]
-    return table
+    actual = (treated.merge(sirna_groups, on="sirna")  # in the group numbers discovered from train
+              .groupby(["experiment", "plate"], as_index=False)["group"].first())
+    quiet = logging.getLogger("rxrx1_pipeline.pipelines.postprocess.nodes")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # evaluate logs its table as "Validation accuracy"
+    try:
+        return evaluate(predictions, plate_groups, truth, actual)
+    finally:
+        quiet.setLevel(level)
 
 
 def main() -> None:
@@ -55,11 +50,10 @@ def main() -> None:
         catalog = session.load_context().catalog
         table = score(catalog.load("test_predictions"), catalog.load("synthetic_truth"),
                       catalog.load("test_plate_groups"), catalog.load("sirna_groups"))
+    from rxrx1_pipeline.pipelines.postprocess.nodes import format_stage_table
+
     print("Hidden test accuracy (raw argmax / masked to plate group / balanced assignment = submission):")
-    print(f"{'':<8}{'wells':>7}  {'raw':>6} {'masked':>7} {'assigned':>8}  layouts ok")
-    for name, r in table.iterrows():
-        print(f"{name:<8}{int(r['wells']):>7}  {r['raw']:>6.1%} {r['masked']:>7.1%} {r['assigned']:>8.1%}  "
-              f"{r['layouts']}")
+    print(format_stage_table(table))
 
 
 if __name__ == "__main__":

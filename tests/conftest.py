@@ -1,7 +1,6 @@
 """Shared fixtures: the project root, the real metadata when present, and throw-away project copies."""
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -28,12 +27,9 @@ def real_metadata() -> Path:
 @pytest.fixture
 def project_copy(tmp_path: Path) -> Path:
     """A copy of the project (conf, src, pyproject) with an empty data/ tree, so runs leave the repo alone."""
-    dst = tmp_path / "project"
-    shutil.copytree(ROOT, dst, ignore=shutil.ignore_patterns(
-        "data", ".git", ".venv", "__pycache__", "*.egg-info", ".viz", "build", "tests", "notebooks"))
-    for sub in ("01_raw", "02_intermediate"):
-        (dst / "data" / sub).mkdir(parents=True)
-    return dst
+    from tests.builders import copy_project
+
+    return copy_project(tmp_path / "project")
 
 
 def kedro_run(project: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -5,33 +5,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from rxrx1_pipeline.images import ImageStore, read_site
 from rxrx1_pipeline.pipelines.synthetic.nodes import render_sites
+from tests.builders import shrink_project
 from tests.conftest import ROOT, kedro_run
-
-TINY_SYNTHETIC = {"image_size": 16, "experiments": {"train": 3, "test": 1}, "sirnas_per_group": 4,
-                  "positive_controls": 1, "missing_well_rate": 0.05}
-TINY_TRAINING = {"image_size": 16, "embedding_dim": 16, "epochs": 2, "batch_size": 32, "validate_every": 0}
-
-
-def _shrink(project: Path) -> dict:
-    """Rewrite the copy's parameters for a tiny, fast run; returns the synthetic parameters."""
-    conf = project / "conf" / "base"
-    synthetic = yaml.safe_load((conf / "parameters_synthetic.yml").read_text())
-    synthetic["synthetic"].update(TINY_SYNTHETIC)
-    (conf / "parameters_synthetic.yml").write_text(yaml.safe_dump(synthetic))
-    train = yaml.safe_load((conf / "parameters_train.yml").read_text())
-    for key, block in train.items():
-        if not key.startswith("_"):
-            block["training"] = {**block["training"], **TINY_TRAINING}
-    (conf / "parameters_train.yml").write_text(yaml.safe_dump(train))
-    return synthetic["synthetic"]
 
 
 def test_synthetic_then_full_then_postprocess(project_copy: Path):
-    synthetic = _shrink(project_copy)
+    synthetic = shrink_project(project_copy)
     for args in (["--pipelines=synthetic"], ["--pipelines=full"]):
         result = kedro_run(project_copy, *args, timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]

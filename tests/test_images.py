@@ -14,7 +14,14 @@ import numpy as np
 import pytest
 
 from rxrx1_pipeline.datasets import SiteImagesDataset
-from rxrx1_pipeline.images import DecodeJob, ImageStore, PngSites, StoreError, build_store, read_site
+from rxrx1_pipeline.images import (
+    DecodeJob,
+    ImageStore,
+    PngSites,
+    StoreError,
+    build_store,
+    read_site,
+)
 from tests.conftest import ROOT
 
 SIZE = 8

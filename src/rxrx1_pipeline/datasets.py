@@ -19,7 +19,14 @@ from kedro.io import AbstractDataset
 from kedro_datasets.pandas import ParquetDataset
 from tqdm.auto import tqdm
 
-from rxrx1_pipeline.images import CHUNK, DecodeJob, ImageStore, PngSites, build_store, write_site
+from rxrx1_pipeline.images import (
+    CHUNK,
+    DecodeJob,
+    ImageStore,
+    PngSites,
+    build_store,
+    write_site,
+)
 
 
 class SiteImagesDataset(AbstractDataset[dict, PngSites]):

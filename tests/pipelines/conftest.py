@@ -5,9 +5,17 @@ from pathlib import Path
 import pytest
 
 from rxrx1_pipeline.datasets import ImageStoreDataset, SiteImagesDataset
-from rxrx1_pipeline.pipelines.ingest.nodes import build_class_index, build_sites, build_wells
+from rxrx1_pipeline.pipelines.ingest.nodes import (
+    build_class_index,
+    build_sites,
+    build_wells,
+)
 from rxrx1_pipeline.pipelines.synthetic.nodes import design_plates, render_sites
-from rxrx1_pipeline.pipelines.train.nodes import decode_sites, plate_statistics, select_sites
+from rxrx1_pipeline.pipelines.train.nodes import (
+    decode_sites,
+    plate_statistics,
+    select_sites,
+)
 
 TINY_SYNTHETIC = {
     "seed": 3, "image_size": 16, "cell_lines": ["HEPG2"], "experiments": {"train": 3, "test": 1},

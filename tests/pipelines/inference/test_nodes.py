@@ -3,7 +3,11 @@ import pandas as pd
 import pytest
 
 from rxrx1_pipeline.nn.checkpoints import CheckpointStore
-from rxrx1_pipeline.pipelines.inference.nodes import combine_cell_lines, per_well, predict_wells
+from rxrx1_pipeline.pipelines.inference.nodes import (
+    combine_cell_lines,
+    per_well,
+    predict_wells,
+)
 from rxrx1_pipeline.pipelines.train.nodes import train_model
 from tests.pipelines.conftest import TINY_INFERENCE
 

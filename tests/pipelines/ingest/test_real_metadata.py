@@ -5,7 +5,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from rxrx1_pipeline.pipelines.ingest.nodes import build_class_index, build_sites, build_wells
+from rxrx1_pipeline.pipelines.ingest.nodes import (
+    build_class_index,
+    build_sites,
+    build_wells,
+)
 from tests.conftest import CSVS
 
 

@@ -11,7 +11,11 @@ from rxrx1_pipeline.pipelines.plate_groups.nodes import (
     discover_sirna_groups,
     tabulate_plate_layouts,
 )
-from rxrx1_pipeline.pipelines.postprocess.kernels import LogitsError, assign_plate, row_argmax
+from rxrx1_pipeline.pipelines.postprocess.kernels import (
+    LogitsError,
+    assign_plate,
+    row_argmax,
+)
 from rxrx1_pipeline.pipelines.postprocess.nodes import (
     assign_wells,
     build_submission,

@@ -6,7 +6,12 @@ import numpy as np
 import pandas as pd
 
 from rxrx1_pipeline.pipelines.ingest.nodes import build_sites
-from rxrx1_pipeline.pipelines.report.nodes import CHANNEL_RGB, build_report, composite, plot_training_curves
+from rxrx1_pipeline.pipelines.report.nodes import (
+    CHANNEL_RGB,
+    build_report,
+    composite,
+    plot_training_curves,
+)
 from rxrx1_pipeline.plates import CELL_LINES
 from tests.pipelines.postprocess.test_pipeline import run_postprocess, small_case
 

@@ -2,7 +2,11 @@
 
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import assign_train_plate_groups, discover_sirna_groups, tabulate_plate_layouts
+from .nodes import (
+    assign_train_plate_groups,
+    discover_sirna_groups,
+    tabulate_plate_layouts,
+)
 
 
 def create_pipeline(**kwargs) -> Pipeline:

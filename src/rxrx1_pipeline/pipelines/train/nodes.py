@@ -8,7 +8,13 @@ import time
 import numpy as np
 import pandas as pd
 
-from rxrx1_pipeline.images import N_CHANNELS, STAT_COLUMNS, DecodeJob, ImageStore, PngSites
+from rxrx1_pipeline.images import (
+    N_CHANNELS,
+    STAT_COLUMNS,
+    DecodeJob,
+    ImageStore,
+    PngSites,
+)
 
 log = logging.getLogger(__name__)
 

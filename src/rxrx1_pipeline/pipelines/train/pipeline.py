@@ -4,7 +4,13 @@ from kedro.pipeline import Node, Pipeline
 
 from rxrx1_pipeline.plates import CELL_LINES
 
-from .nodes import decode_sites, plate_statistics, plot_history, select_sites, train_model
+from .nodes import (
+    decode_sites,
+    plate_statistics,
+    plot_history,
+    select_sites,
+    train_model,
+)
 
 SHARED_INPUTS = {"wells", "sites", "classes", "raw_site_images"}
 
