@@ -69,7 +69,8 @@ def simulated_logits(wells: pd.DataFrame, truth: pd.Series, split: str, strength
 def copy_project(dst: Path) -> Path:
     """A copy of the project (conf, src, pyproject) at ``dst`` with an empty data/ tree (runs leave the repo alone)."""
     shutil.copytree(ROOT, dst, ignore=shutil.ignore_patterns(
-        "data", ".git", ".venv", "__pycache__", "*.egg-info", ".viz", "build", "tests", "notebooks", "benchmarks"))
+        "data", ".git", ".venv", "__pycache__", "*.egg-info", ".viz", "build", "tests", "notebooks", "benchmarks",
+        "mlflow.db", "mlruns"))
     for sub in ("01_raw", "02_intermediate"):
         (dst / "data" / sub).mkdir(parents=True)
     return dst

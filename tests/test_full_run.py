@@ -50,6 +50,7 @@ def test_synthetic_then_full_then_postprocess(project_copy: Path):
     again = kedro_run(project_copy, "--pipelines=postprocess")
     assert again.returncode == 0, again.stderr[-3000:]
     pd.testing.assert_frame_equal(pd.read_csv(data / "08_reporting/submission.csv"), submission)
+    _check_tracking(project_copy, metrics, histories=2)
 
     notebook = _execute_notebook(project_copy)
     text = "".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code" for o in c.outputs)
@@ -57,6 +58,26 @@ def test_synthetic_then_full_then_postprocess(project_copy: Path):
     images = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
     assert len(images) == 1  # the site composites
     assert "margin" in str(notebook.cells[-1].outputs)
+
+
+def _check_tracking(project: Path, metrics: pd.DataFrame, histories: int) -> None:
+    """The MLflow store holds the full run (curves, stage metrics, files) and then the postprocess run."""
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("synthetic")
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    assert [run.info.run_name for run in runs] == ["full", "postprocess"]
+    full = runs[0]
+    assert full.info.status == "FINISHED"
+    overall = metrics.set_index("name").loc["all"]
+    for stage in ("raw", "masked", "assigned"):
+        assert full.data.metrics[f"valid.all.{stage}"] == overall[stage]
+    assert [m.step for m in client.get_metric_history(full.info.run_id, "HUVEC.loss")] == list(range(1, histories + 1))
+    assert full.data.params["HUVEC.training.epochs"] == str(histories)
+    files = {Path(a.path).name for a in client.list_artifacts(full.info.run_id)}
+    assert {"submission.csv", "report.html", "training_curves.json"} <= files
+    assert not {m for m in runs[1].data.metrics if m.endswith(".loss")}  # postprocess alone trains nothing
 
 
 def _execute_notebook(project: Path):

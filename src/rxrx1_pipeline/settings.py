@@ -3,16 +3,17 @@
 from kedro.config import OmegaConfigLoader
 
 from rxrx1_pipeline.catalog import AtomicDataCatalog
-from rxrx1_pipeline.hooks import ValidateParameters
+from rxrx1_pipeline.hooks import TrackRun, ValidateParameters
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 # "soft" merging lets an environment (e.g. conf/real) override single nested keys such as HUVEC.training.epochs.
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",
-    "merge_strategy": {"parameters": "soft", "globals": "soft"},
+    "merge_strategy": {"parameters": "soft", "globals": "soft", "mlflow": "soft"},
 }
-# Parameters are checked against the schema (schema.py) before a run starts.
-HOOKS = (ValidateParameters(),)
+# Parameters are checked against the schema (schema.py) before a run starts. kedro-mlflow's own hook
+# (registered by the plugin) opens one MLflow run per `kedro run`; TrackRun logs its metrics and artifacts.
+HOOKS = (ValidateParameters(), TrackRun())
 # Every file a catalog dataset writes goes to a temporary name and is renamed into place.
 DATA_CATALOG_CLASS = AtomicDataCatalog

@@ -1,0 +1,61 @@
+"""Experiment tracking: which metrics a saved dataset carries, and what TrackRun logs to an MLflow run."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from rxrx1_pipeline.hooks import TrackRun, tracked_metrics
+
+
+def _history() -> pd.DataFrame:
+    return pd.DataFrame({"epoch": [1, 2, 3], "loss": [3.0, 2.0, 1.5],
+                         "valid_site_accuracy": [float("nan"), float("nan"), 0.4]})
+
+
+def _stage_table() -> pd.DataFrame:
+    return pd.DataFrame({"level": ["cell_line", "overall", "experiment"], "name": ["RPE", "all", "RPE-04"],
+                         "experiments": [1, 1, 1], "wells": [10, 10, 10], "raw": [0.3, 0.3, 0.3],
+                         "masked": [0.5, 0.5, 0.5], "assigned": [0.9, 0.9, 0.9], "layout_correct": [1.0, 1.0, 1.0]})
+
+
+def test_history_becomes_one_curve_per_column_with_epochs_as_steps():
+    metrics = tracked_metrics("RPE.history", _history())
+    assert metrics["RPE.loss"] == [(1, 3.0), (2, 2.0), (3, 1.5)]
+    assert metrics["RPE.valid_site_accuracy"] == [(3, 0.4)]  # epochs without validation are skipped
+    assert set(metrics) == {"RPE.loss", "RPE.valid_site_accuracy"}
+
+
+def test_stage_table_gives_cell_line_and_overall_metrics_only():
+    metrics = tracked_metrics("postprocess_metrics", _stage_table())
+    assert metrics["valid.all.assigned"] == [(0, 0.9)] and metrics["valid.RPE.raw"] == [(0, 0.3)]
+    assert len(metrics) == 2 * 4 and not any("RPE-04" in key for key in metrics)
+    assert tracked_metrics("wells", _stage_table()) == {}
+
+
+def test_track_run_logs_into_the_active_run_and_is_silent_without_one(tmp_path: Path, monkeypatch):
+    mlflow = pytest.importorskip("mlflow")
+    monkeypatch.chdir(tmp_path)
+    hook = TrackRun()
+    hook.after_dataset_saved("RPE.history", _history())  # no active run: nothing happens, nothing is created
+    assert list(tmp_path.iterdir()) == []
+
+    submission = tmp_path / "submission.csv"
+    submission.write_text("id_code,sirna\nRPE-04_1_B02,3\n")
+
+    class Catalog(dict):
+        pass
+
+    catalog = Catalog(submission=type("Dataset", (), {"_filepath": submission})())
+    hook.after_catalog_created(catalog)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        with mlflow.start_run() as run:
+            hook.after_dataset_saved("RPE.history", _history())
+            hook.after_dataset_saved("submission", pd.read_csv(submission))
+        client = mlflow.MlflowClient()
+        assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "RPE.loss")] == [
+            (1, 3.0), (2, 2.0), (3, 1.5)]
+        assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["submission.csv"]
+    finally:
+        mlflow.set_tracking_uri(None)
