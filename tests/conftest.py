@@ -1,5 +1,6 @@
 """Shared fixtures: the project root, the real metadata when present, and throw-away project copies."""
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -45,5 +46,6 @@ def session_run(project: Path, pipeline: str, runtime_params: dict | None = None
     from kedro.framework.startup import bootstrap_project
 
     bootstrap_project(project)
-    with KedroSession.create(project_path=project, runtime_params=runtime_params or {}) as session:
-        return session.run(pipeline_names=[pipeline])
+    with contextlib.chdir(project), KedroSession.create(project_path=project,
+                                                         runtime_params=runtime_params or {}) as session:
+        return session.run(pipeline_names=[pipeline])  # from the project folder, as `kedro run` (mlflow.db)

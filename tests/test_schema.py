@@ -65,3 +65,6 @@ def test_a_run_with_bad_parameters_writes_nothing(project_copy):
     with pytest.raises(ParameterError, match=r"postprocess\.assignment\.temperature = -1"):
         session_run(project_copy, "postprocess", {"postprocess": {"assignment": {"temperature": -1}}})
     assert not any(p.is_file() for p in (project_copy / "data").rglob("*") if p.name != ".gitkeep")
+    import mlflow
+
+    assert mlflow.active_run() is None  # refused before kedro-mlflow opened a run for it

@@ -50,6 +50,7 @@ def test_track_run_logs_into_the_active_run_and_is_silent_without_one(tmp_path: 
     hook.after_catalog_created(catalog)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     try:
+        mlflow.set_experiment("tracking_test")  # a Kedro session earlier in this process may have set another
         with mlflow.start_run() as run:
             hook.after_dataset_saved("RPE.history", _history())
             hook.after_dataset_saved("submission", pd.read_csv(submission))

@@ -15,9 +15,12 @@ log = logging.getLogger(__name__)
 
 
 class ValidateParameters:
-    """Checks every parameter block the selected pipeline reads against the schema, before any node runs."""
+    """Checks every parameter block the selected pipeline reads against the schema, before any node runs.
 
-    @hook_impl
+    It runs before the other hooks (``tryfirst``), so a refused run leaves no open MLflow run behind.
+    """
+
+    @hook_impl(tryfirst=True)
     def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
         blocks = {name.removeprefix("params:").split(".")[0] for name in pipeline.datasets()
                   if name.startswith("params:")}

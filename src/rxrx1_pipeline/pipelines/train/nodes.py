@@ -146,20 +146,3 @@ def train_model(model_sites: pd.DataFrame, site_images: ImageStore, plate_stats:
                  row["seconds"])
         checkpoints.save(run_id, epoch + 1, net, opt, sched, generator, history)
     return model_checkpoint(net, settings, len(classes)), pd.DataFrame(history)
-
-
-def plot_history(history: pd.DataFrame, cell_line: str):
-    """Loss and accuracies per epoch as a plotly figure (shown by ``kedro viz``)."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", "accuracy"))
-    fig.add_trace(go.Scatter(x=history["epoch"], y=history["loss"], name="fit loss"), row=1, col=1)
-    fig.add_trace(go.Scatter(x=history["epoch"], y=history["fit_accuracy"], name="fit (sites)"), row=1, col=2)
-    if "valid_site_accuracy" in history:
-        valid = history.dropna(subset=["valid_site_accuracy"])
-        fig.add_trace(go.Scatter(x=valid["epoch"], y=valid["valid_site_accuracy"], name="valid (sites)",
-                                 mode="lines+markers"), row=1, col=2)
-    fig.update_xaxes(title_text="epoch")
-    fig.update_layout(title=f"{cell_line} training", template="plotly_white")
-    return fig

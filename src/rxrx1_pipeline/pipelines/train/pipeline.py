@@ -7,7 +7,6 @@ from rxrx1_pipeline.plates import CELL_LINES
 from .nodes import (
     decode_sites,
     plate_statistics,
-    plot_history,
     select_sites,
     train_model,
 )
@@ -26,7 +25,6 @@ def create_template() -> Pipeline:
         Node(train_model, ["model_sites", "site_images", "plate_stats", "classes", "checkpoints",
                            "params:cell_line", "params:training"],
              ["model", "history"], name="train_model"),
-        Node(plot_history, ["history", "params:cell_line"], "training_curves", name="plot_history"),
     ])
 
 
