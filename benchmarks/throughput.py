@@ -69,14 +69,15 @@ def png_rates(reader, prefixes: list[str], size: int, workers: int) -> tuple[flo
 
 def loader_rate(store, rows: np.ndarray, batch: int, workers: int, batches: int) -> float:
     """Sites/s of shuffled batches read from the store (with the in-process augmentation)."""
-    from rxrx1_pipeline.nn.data import StoreSites, loader, random_dihedral
+    from rxrx1_pipeline.nn.data import StoreSites, fit_loader, random_dihedral, views_of_step
 
-    data = loader(StoreSites(store, rows), batch, workers, shuffle=True)
+    data = fit_loader(StoreSites(store, rows), batch, workers, seed=0)
+    views = torch.Generator().manual_seed(0)
     n, start = 0, None
     for i, (images, _, _) in enumerate(data):
         if i == 1:  # the first batch pays for starting the workers
             n, start = 0, time.perf_counter()
-        random_dihedral(images)
+        random_dihedral(images, views_of_step(views, len(images)))
         n += len(images)
         if i >= batches:
             break

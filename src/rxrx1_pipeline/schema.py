@@ -54,6 +54,18 @@ class Synthetic(Strict):
         return self
 
 
+class Distributed(Strict):
+    nproc_per_node: Annotated[int, Field(ge=1)] | Literal["auto"] = 1
+    nnodes: Annotated[int, Field(ge=1)] = 1
+    rdzv_endpoint: str | None = None
+
+    @model_validator(mode="after")
+    def _endpoint(self):
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ValueError("nnodes > 1 needs rdzv_endpoint (host:port of the first node)")
+        return self
+
+
 class Training(Strict):
     valid_experiments: Any
 
@@ -80,6 +92,16 @@ class Training(Strict):
     validate_every: NonNegativeInt
     num_workers: NonNegativeInt
     channels_last: bool = False
+    device: str | None = None
+    distributed: Distributed = Distributed()
+
+    @model_validator(mode="after")
+    def _global_batch(self):
+        world = self.distributed.nproc_per_node
+        if isinstance(world, int) and (self.batch_size // world < 2 or self.batch_size % (world * self.distributed.nnodes)):
+            raise ValueError(f"batch_size {self.batch_size} is the global batch: it must divide by the "
+                             f"{world * self.distributed.nnodes} DDP processes, leaving at least 2 sites each")
+        return self
 
 
 class CellLine(Strict):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from rxrx1_pipeline.nn.data import dihedral, random_dihedral
+from rxrx1_pipeline.nn.data import dihedral, fit_loader, random_dihedral, views_of_step
 from rxrx1_pipeline.nn.network import EmbeddingNet, Normaliser
 
 
@@ -26,14 +26,32 @@ def test_dihedral_views_are_distinct():
     assert len({tuple(v.flatten().tolist()) for v in views}) == 8
 
 
-def test_random_dihedral_draws_one_view_per_image_in_batch_order():
+def test_random_dihedral_applies_each_images_view():
     batch = torch.arange(5 * 6 * 4 * 4, dtype=torch.uint8).reshape(5, 6, 4, 4)
-    torch.manual_seed(3)
-    out = random_dihedral(batch)
-    torch.manual_seed(3)
-    views = [int(torch.randint(8, (1,))) for _ in range(5)]  # as if drawn image by image
-    for image, augmented, k in zip(batch, out, views):
+    views = torch.tensor([3, 0, 7, 3, 5])
+    for image, augmented, k in zip(batch, random_dihedral(batch, views), views.tolist()):
         assert torch.equal(augmented, dihedral(image, k))
+
+
+def test_shards_of_two_processes_make_the_global_batches_and_views_of_one():
+    """Rank r takes positions r, r + world, ... of each global batch, for its sites and its views alike."""
+    dataset = list(range(37))
+    one = fit_loader(dataset, 8, 0, seed=5)
+    two = [fit_loader(dataset, 8, 0, seed=5, rank=r, world=2) for r in (0, 1)]
+    for loader in (one, *two):
+        loader.sampler.set_epoch(3)
+    g1, g2 = torch.Generator().manual_seed(9), [torch.Generator().manual_seed(9) for _ in (0, 1)]
+    batches = list(zip(one, *two))
+    for full, half0, half1 in batches[:-1]:  # the last global batch is padded to split evenly
+        views = views_of_step(g1, len(full))
+        assert torch.equal(half0, full[0::2]) and torch.equal(half1, full[1::2])
+        assert torch.equal(views_of_step(g2[0], len(half0), 0, 2), views[0::2])
+        assert torch.equal(views_of_step(g2[1], len(half1), 1, 2), views[1::2])
+    assert sorted(torch.cat([b[0] for b in batches]).tolist()) == dataset
+    one.sampler.set_epoch(4)
+    assert not torch.equal(next(iter(one)), batches[0][0])  # a new order every epoch
+    with pytest.raises(ValueError, match="must divide by the 3 training processes"):
+        fit_loader(dataset, 8, 0, seed=5, rank=0, world=3)
 
 
 @pytest.mark.parametrize("head", ["cosface", "arcface", "softmax"])

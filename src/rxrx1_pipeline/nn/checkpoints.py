@@ -28,9 +28,9 @@ class CheckpointStore:
         """The last saved training state, or None."""
         return self._file.load() if self.path.is_file() else None
 
-    def restore(self, run_id: str, net, opt, sched, generator: torch.Generator, label: str
-                ) -> tuple[int, list[dict]]:
-        """Load the saved state of ``run_id`` into the given objects and the global torch RNG.
+    def restore(self, run_id: str, net, opt, sched, label: str) -> tuple[int, list[dict]]:
+        """Load the saved state of ``run_id`` into the given objects (the data order and augmentation of
+        an epoch follow from the seed and the epoch number, so no random state is kept).
 
         Returns (epochs done, history rows); (0, []) when there is no state of this run.
         """
@@ -43,17 +43,13 @@ class CheckpointStore:
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
         log.info("%s: resuming from the checkpoint after epoch %d", label, state["epoch"])
         return state["epoch"], state["history"]
 
-    def save(self, run_id: str, epoch: int, net, opt, sched, generator: torch.Generator,
-             history: list[dict]) -> None:
+    def save(self, run_id: str, epoch: int, net, opt, sched, history: list[dict]) -> None:
         """Atomically replace the last training state with the one after ``epoch``."""
         self._file.save({"run_id": run_id, "epoch": epoch, "model": net.state_dict(),
                          "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                         "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
                          "history": history})
 
 

@@ -30,13 +30,8 @@ def dihedral(image: torch.Tensor, k: int) -> torch.Tensor:
     return torch.rot90(image, k % 4, dims=(-2, -1))
 
 
-def random_dihedral(images: torch.Tensor) -> torch.Tensor:
-    """Each image of the batch in a random one of its 8 dihedral views.
-
-    Drawn in the main process from the global torch RNG, one draw per image in batch order, so the
-    augmentation does not depend on the number of loader workers.
-    """
-    views = torch.randint(8, (len(images),))
+def random_dihedral(images: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+    """Image i of the batch in its dihedral view ``views[i]`` (0..7)."""
     out = torch.empty_like(images)
     for k in views.unique().tolist():
         sel = views == k
@@ -44,14 +39,32 @@ def random_dihedral(images: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def loader(dataset: StoreSites, batch_size: int, workers: int, shuffle: bool = False,
-           generator: torch.Generator | None = None) -> DataLoader:
-    """Batches of (images, positions, labels), read by ``workers`` processes (0: in this process).
+def fit_loader(dataset: StoreSites, batch_size: int, workers: int, seed: int, rank: int = 0,
+               world: int = 1) -> DataLoader:
+    """Shuffled training batches of rank ``rank`` of ``world`` processes: a ``DistributedSampler`` shard.
 
-    Without a generator, a fixed private one is used: iterating a DataLoader otherwise draws from the
-    global torch RNG, so a validation pass would change the training's augmentations.
+    ``batch_size`` is the global batch: each process takes ``batch_size / world`` sites per step. The
+    sampler draws one permutation per epoch from (seed, epoch) alone (call ``sampler.set_epoch``), and
+    rank r's k-th site of a step is position r + k * world of the global batch, so the global batches
+    are the same for any number of processes and an epoch is reproduced exactly after a resume.
     """
-    generator = generator if generator is not None else torch.Generator().manual_seed(0)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
-                      generator=generator, persistent_workers=False, drop_last=False,
-                      pin_memory=torch.cuda.is_available())
+    from torch.utils.data.distributed import DistributedSampler
+
+    if batch_size % world:
+        raise ValueError(f"training.batch_size {batch_size} must divide by the {world} training processes "
+                         "(it is the global batch: each process takes batch_size / processes)")
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=False)
+    return DataLoader(dataset, batch_size=batch_size // world, sampler=sampler, num_workers=workers,
+                      persistent_workers=False, drop_last=False, pin_memory=torch.cuda.is_available())
+
+
+def views_of_step(generator: torch.Generator, n_local: int, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """This rank's dihedral views for one step: one view per position of the global batch is drawn
+    (the same draws on every rank), and rank r keeps positions r, r + world, ... like its sites."""
+    return torch.randint(8, (n_local * world,), generator=generator)[rank::world]
+
+
+def loader(dataset: StoreSites, batch_size: int, workers: int) -> DataLoader:
+    """Batches of (images, positions, labels) in order, read by ``workers`` processes (0: in this process)."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                      persistent_workers=False, drop_last=False, pin_memory=torch.cuda.is_available())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -13,20 +14,26 @@ import torch
 from tqdm.auto import tqdm
 
 from rxrx1_pipeline.images import ImageStore
-from rxrx1_pipeline.nn.data import StoreSites, dihedral, loader, random_dihedral
+from rxrx1_pipeline.nn.data import StoreSites, dihedral, loader, random_dihedral, views_of_step
 
 
-def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def device(name: str | None = None) -> torch.device:
+    """The named device (e.g. ``cuda:1``), else the first GPU when there is one, else the CPU."""
+    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed the global RNGs (augmentation draws from torch's) and return a generator for data order."""
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    if not torch.cuda.is_available():
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    return torch.Generator().manual_seed(seed)
+_GLOBAL_RNG = threading.Lock()
+
+
+def seeded_network(build, seed: int):
+    """``build()`` with the global torch RNG seeded (weights are initialised from it), holding a lock so
+    trainings in parallel threads (ThreadRunner) each get their own seed's weights."""
+    with _GLOBAL_RNG:
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        if not torch.cuda.is_available():
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        return build()
 
 
 def fingerprint(obj) -> str:
@@ -56,34 +63,46 @@ def optimiser(net: torch.nn.Module, settings: dict, steps_per_epoch: int):
     return opt, sched
 
 
-def run_epoch(net, norm, opt, sched, data, plates: torch.Tensor, desc: str) -> tuple[float, float]:
-    """One pass over the fit sites with random dihedral views (bf16 autocast on CUDA).
+def run_epoch(step, norm, opt, sched, data, plates: torch.Tensor, views: torch.Generator, desc: str,
+              rank: int = 0, world: int = 1) -> tuple[float, float]:
+    """One pass over this rank's share of the fit sites, each in its drawn dihedral view (bf16 autocast
+    on CUDA). ``step(x, labels)`` returns the margin logits; with ``world`` > 1 it is the DDP-wrapped model.
 
-    Returns mean loss and site accuracy. A non-finite loss stops the pass (FloatingPointError) before
-    the weights take that step.
+    Returns mean loss and site accuracy over all ranks. A non-finite loss on any rank stops every rank
+    (FloatingPointError) before the weights take that step.
     """
-    dev = next(net.parameters()).device
-    net.train()
-    loss_sum = correct = seen = 0
-    bar = tqdm(data, desc=desc, unit="batch", leave=False, mininterval=1, disable=None)
+    import torch.distributed as dist
+
+    dev = next(step.parameters()).device
+    step.train()
+    totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, seen
+    bar = tqdm(data, desc=desc, unit="batch", leave=False, mininterval=1, disable=True if rank else None)
     for batch, (images, idx, labels) in enumerate(bar, start=1):
-        x = norm(random_dihedral(images).to(dev, non_blocking=True), plates[idx])
+        x = norm(random_dihedral(images, views_of_step(views, len(images), rank, world)).to(dev, non_blocking=True),
+                 plates[idx])
         labels = labels.to(dev)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            logits = net.logits(net(x).float(), labels)
+            logits = step(x, labels).float()
             loss = torch.nn.functional.cross_entropy(logits, labels)
         value = loss.item()
-        if not math.isfinite(value):
-            raise FloatingPointError(f"{desc}: the loss became {value} at batch {batch} of {len(data)}")
+        finite = math.isfinite(value)
+        if world > 1:  # every rank must stop together, or the others would wait in the all-reduce forever
+            flag = torch.tensor([float(finite)])
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            finite = bool(flag.item())
+        if not finite:
+            became = value if not math.isfinite(value) else "non-finite on another rank"
+            raise FloatingPointError(f"{desc}: the loss became {became} at batch {batch} of {len(data)}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        loss_sum += value * len(labels)
-        correct += (logits.argmax(1) == labels).sum().item()
-        seen += len(labels)
-        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
-    return loss_sum / seen, correct / seen
+        totals += torch.tensor([value * len(labels), (logits.argmax(1) == labels).sum().item(), len(labels)],
+                               dtype=torch.float64)
+        bar.set_postfix(loss=f"{totals[0] / totals[2]:.3f}", acc=f"{totals[1] / totals[2]:.3f}")
+    if world > 1:
+        dist.all_reduce(totals)
+    return float(totals[0] / totals[2]), float(totals[1] / totals[2])
 
 
 def embed_sites(net, norm, store: ImageStore, sites: pd.DataFrame, batch_size: int, workers: int,

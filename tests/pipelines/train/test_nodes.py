@@ -100,17 +100,16 @@ def test_validation_passes_do_not_change_training(prepared, tiny_training, tmp_p
 
 
 def test_loader_workers_read_the_same_batches(prepared, tiny_training):
-    """Workers only read pixels: batches (and the augmentation, drawn in this process) do not depend on them."""
-    from rxrx1_pipeline.nn.data import StoreSites, loader, random_dihedral
+    """Workers only read pixels: batches do not depend on them (the views are drawn in this process)."""
+    from rxrx1_pipeline.nn.data import StoreSites, fit_loader
 
     _, model_sites, images, _ = prepared
     batches = []
     for workers in (0, 2):
-        torch.manual_seed(0)
-        data = loader(StoreSites(images, model_sites["store_row"].to_numpy()), 16, workers, shuffle=True,
-                      generator=torch.Generator().manual_seed(1))
-        batches.append([(idx, random_dihedral(x)) for x, idx, _ in data])
-    for (idx0, x0), (idx2, x2) in zip(*batches, strict=True):
+        data = fit_loader(StoreSites(images, model_sites["store_row"].to_numpy()), 16, workers, seed=1)
+        data.sampler.set_epoch(2)
+        batches.append(list(data))
+    for (x0, idx0, _), (x2, idx2, _) in zip(*batches, strict=True):
         assert torch.equal(idx0, idx2) and torch.equal(x0, x2)
 
 

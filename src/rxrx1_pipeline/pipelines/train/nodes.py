@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 
 import numpy as np
 import pandas as pd
@@ -18,8 +17,9 @@ from rxrx1_pipeline.images import (
 
 log = logging.getLogger(__name__)
 
-# Settings that do not change the trained model, left out of its fingerprint and checkpoint.
-RUNTIME_ONLY = ("num_workers",)
+# Settings that do not change the trained model, left out of its fingerprint and checkpoint (a run may
+# resume on another device or number of processes: the global batch, and so the recipe, is the same).
+RUNTIME_ONLY = ("num_workers", "device", "distributed")
 
 
 def select_sites(wells: pd.DataFrame, sites: pd.DataFrame, classes: pd.DataFrame, cell_line: str,
@@ -90,59 +90,30 @@ def plate_statistics(model_sites: pd.DataFrame, site_images: ImageStore) -> pd.D
 def train_model(model_sites: pd.DataFrame, site_images: ImageStore, plate_stats: pd.DataFrame,
                 classes: pd.DataFrame, checkpoints, cell_line: str, training: dict
                 ) -> tuple[dict, pd.DataFrame]:
-    """Train the embedding model on the fit sites, resuming from the last checkpoint of the same setup.
+    """Train the embedding model on the fit sites, resuming from the last checkpoint of the same setup;
+    in this process, or on ``training.distributed.nproc_per_node`` DDP processes.
 
     Returns the trained model (settings + weights) and the per-epoch history.
     """
-    import torch
+    from rxrx1_pipeline.nn import distributed, loops
+    from rxrx1_pipeline.nn.training import TrainJob, fit
 
-    from rxrx1_pipeline.nn import loops
-    from rxrx1_pipeline.nn.checkpoints import model_checkpoint
-    from rxrx1_pipeline.nn.data import StoreSites, loader
-    from rxrx1_pipeline.nn.network import build_network, normaliser_from_stats
-
-    fit = model_sites[model_sites["role"] == "fit"]
+    fit_sites = model_sites[model_sites["role"] == "fit"]
     valid = model_sites[(model_sites["role"] == "valid") & (model_sites["well_type"] == "treatment")]
     settings = {k: v for k, v in training.items() if k not in RUNTIME_ONLY}
+    if training["epochs"] < 1:
+        raise ValueError(f"{cell_line}: training.epochs must be >= 1, got {training['epochs']}")
     # Everything that changes the trained model: settings, fit wells and their labels, the pixels (the
     # store's identity covers the source folder, image size and a fingerprint of the files), the code.
-    run_id = loops.fingerprint({"settings": settings, "fit": fit["id_code"].tolist(),
-                                "labels": fit["class_index"].tolist(), "classes": len(classes),
+    run_id = loops.fingerprint({"settings": settings, "fit": fit_sites["id_code"].tolist(),
+                                "labels": fit_sites["class_index"].tolist(), "classes": len(classes),
                                 "images": site_images.job, "code": loops.code_version()})
-    epochs, batch, workers = training["epochs"], training["batch_size"], training["num_workers"]
-    if epochs < 1:
-        raise ValueError(f"{cell_line}: training.epochs must be >= 1, got {epochs}")
-
-    generator = loops.seed_everything(training["seed"])
-    net = build_network(training, len(classes)).to(loops.device())
-    norm = normaliser_from_stats(training["normalization"], plate_stats)
-    opt, sched = loops.optimiser(net, training, steps_per_epoch=-(-len(fit) // batch))
-    start, history = checkpoints.restore(run_id, net, opt, sched, generator, cell_line)
-    if start >= epochs:
-        log.info("%s: the checkpoint already holds all %d epochs of these settings and data; reusing it "
-                 "(delete it to retrain)", cell_line, start)
-
-    fit_data = loader(StoreSites(site_images, fit["store_row"].to_numpy(), fit["class_index"].to_numpy()),
-                      batch, workers, shuffle=True, generator=generator)
-    fit_plates = torch.from_numpy(fit["plate_index"].to_numpy(copy=True))
-    for epoch in range(start, epochs):
-        t0 = time.perf_counter()
-        try:
-            loss, accuracy = loops.run_epoch(net, norm, opt, sched, fit_data, fit_plates,
-                                             f"{cell_line} epoch {epoch + 1}/{epochs}")
-        except FloatingPointError as exc:
-            raise FloatingPointError(f"{exc}; training stopped: the model is not saved and the last checkpoint "
-                                     f"({checkpoints.path}) is untouched; lower training.lr or check the "
-                                     "inputs") from exc
-        row = {"epoch": epoch + 1, "loss": loss, "fit_accuracy": accuracy,
-               "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
-        every = training["validate_every"]
-        if len(valid) and every and ((epoch + 1) % every == 0 or epoch + 1 == epochs):
-            row["valid_site_accuracy"] = loops.site_accuracy(net, norm, site_images, valid, batch, workers)
-        history.append(row)
-        log.info("%s epoch %d/%d: loss %.3f, fit acc %.3f%s (%.1fs)", cell_line, epoch + 1, epochs,
-                 row["loss"], row["fit_accuracy"],
-                 f", valid site acc {row['valid_site_accuracy']:.3f}" if "valid_site_accuracy" in row else "",
-                 row["seconds"])
-        checkpoints.save(run_id, epoch + 1, net, opt, sched, generator, history)
-    return model_checkpoint(net, settings, len(classes)), pd.DataFrame(history)
+    job = TrainJob(cell_line, run_id, training, settings, fit_sites, valid, site_images, plate_stats,
+                   len(classes), checkpoints)
+    spread = training.get("distributed") or {}
+    nproc, nnodes = distributed.processes(spread.get("nproc_per_node", 1)), spread.get("nnodes", 1)
+    if nproc == 1 and nnodes == 1:
+        model, history = fit(job)
+    else:
+        model, history = distributed.train(job, nproc, nnodes, spread.get("rdzv_endpoint"))
+    return model, pd.DataFrame(history)
