@@ -36,6 +36,11 @@ BAD = {
     "tta 9": (("inference", "tta"), 9, r"inference\.tta = 9: Input should be less than or equal to 8"),
     "unknown cell line": (("synthetic", "cell_lines"), ["HEPG2", "A549"], r"synthetic\.cell_lines\.1 = 'A549'"),
     "too many siRNAs": (("synthetic", "sirnas_per_group"), 400, r"must fit the 308 wells"),
+    "batch not split": (("HEPG2", "training", "distributed"), {"nproc_per_node": 3},
+                        r"HEPG2\.training = .*batch_size 64 is the global batch: it must divide by the 3 DDP"),
+    "zero processes": (("HUVEC", "training", "distributed"), {"nproc_per_node": 0},
+                       r"HUVEC\.training\.distributed\.nproc_per_node"),
+    "nodes without endpoint": (("RPE", "training", "distributed"), {"nnodes": 2}, r"needs rdzv_endpoint"),
 }
 
 

@@ -98,9 +98,11 @@ class Training(Strict):
     @model_validator(mode="after")
     def _global_batch(self):
         world = self.distributed.nproc_per_node
-        if isinstance(world, int) and (self.batch_size // world < 2 or self.batch_size % (world * self.distributed.nnodes)):
+        if isinstance(world, int):
+            world *= self.distributed.nnodes
+        if isinstance(world, int) and (self.batch_size // world < 2 or self.batch_size % world):
             raise ValueError(f"batch_size {self.batch_size} is the global batch: it must divide by the "
-                             f"{world * self.distributed.nnodes} DDP processes, leaving at least 2 sites each")
+                             f"{world} DDP processes, leaving at least 2 sites each")
         return self
 
 

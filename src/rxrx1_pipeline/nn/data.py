@@ -55,7 +55,8 @@ def fit_loader(dataset: StoreSites, batch_size: int, workers: int, seed: int, ra
                          "(it is the global batch: each process takes batch_size / processes)")
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=False)
     return DataLoader(dataset, batch_size=batch_size // world, sampler=sampler, num_workers=workers,
-                      persistent_workers=False, drop_last=False, pin_memory=torch.cuda.is_available())
+                      generator=_private(), persistent_workers=False, drop_last=False,
+                      pin_memory=torch.cuda.is_available())
 
 
 def views_of_step(generator: torch.Generator, n_local: int, rank: int = 0, world: int = 1) -> torch.Tensor:
@@ -66,5 +67,11 @@ def views_of_step(generator: torch.Generator, n_local: int, rank: int = 0, world
 
 def loader(dataset: StoreSites, batch_size: int, workers: int) -> DataLoader:
     """Batches of (images, positions, labels) in order, read by ``workers`` processes (0: in this process)."""
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, generator=_private(),
                       persistent_workers=False, drop_last=False, pin_memory=torch.cuda.is_available())
+
+
+def _private() -> torch.Generator:
+    """A fixed generator for a DataLoader's worker seeds: without one, every iteration draws from the
+    global torch RNG, which a training in a parallel thread may be initialising its weights from."""
+    return torch.Generator().manual_seed(0)

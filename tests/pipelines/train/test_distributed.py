@@ -136,3 +136,23 @@ def test_ddp_run_that_fails_mid_epoch_resumes(prepared, tmp_path):
                                    "HEPG2", training)
     for key, value in uninterrupted["state_dict"].items():
         torch.testing.assert_close(resumed["state_dict"][key], value, msg=key)
+
+
+def test_trainings_in_parallel_threads_equal_sequential_ones(prepared, tmp_path):
+    """Cell lines side by side (ThreadRunner): each training keeps its own seed's weights, data order and views."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    classes, model_sites, images, stats = prepared
+
+    def train(seed: int, folder: str):
+        model, _ = train_model(model_sites, images, stats, classes, CheckpointStore(tmp_path / folder / f"{seed}.pt"),
+                               "HEPG2", {**TINY_TRAINING, "seed": seed, "validate_every": 0})
+        return model["state_dict"]
+
+    sequential = [train(seed, "sequential") for seed in (0, 1)]
+    with ThreadPoolExecutor(2) as pool:
+        parallel = list(pool.map(train, (0, 1), ("parallel", "parallel")))
+    for one, other in zip(sequential, parallel):
+        for key, value in one.items():
+            torch.testing.assert_close(other[key], value, rtol=0, atol=0, msg=lambda m, key=key: f"{key}: {m}")
+    assert not torch.equal(sequential[0]["embed.0.weight"], sequential[1]["embed.0.weight"])
