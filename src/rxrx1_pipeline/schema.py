@@ -115,6 +115,8 @@ class Inference(Strict):
     tta: Annotated[int, Field(ge=1, le=8)]
     batch_size: PositiveInt
     num_workers: NonNegativeInt
+    batchnorm: Literal["trained", "per_plate"]
+    plate_centring: bool
 
 
 class Rotation(Strict):

@@ -28,7 +28,7 @@ TINY_TRAINING = {
     "epochs": 2, "batch_size": 16, "lr": 0.003, "weight_decay": 0.0, "seed": 0, "validate_every": 1,
     "num_workers": 0, "channels_last": True,
 }
-TINY_INFERENCE = {"tta": 2, "batch_size": 16, "num_workers": 0}
+TINY_INFERENCE = {"tta": 2, "batch_size": 16, "num_workers": 0, "batchnorm": "trained", "plate_centring": False}
 
 
 @pytest.fixture(scope="package")

@@ -125,6 +125,25 @@ def embed_sites(net, norm, store: ImageStore, sites: pd.DataFrame, batch_size: i
     return np.concatenate(logits), np.concatenate(embeddings)
 
 
+def adapt_batchnorm(net, norm, store: ImageStore, sites: pd.DataFrame, batch_size: int, workers: int) -> None:
+    """Re-estimate every BatchNorm layer's statistics on ``sites`` (AdaBN: Li et al. 2016), e.g. one plate's
+    own images, so the network normalises that plate's batch effect away. Weights are unchanged."""
+    layers = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None  # a plain average over all batches
+    dev = next(net.parameters()).device
+    plates = torch.from_numpy(sites["plate_index"].to_numpy(copy=True))
+    was_training = net.training
+    net.eval()
+    for layer in layers:
+        layer.train()
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+        for images, idx, _ in loader(StoreSites(store, sites["store_row"].to_numpy()), batch_size, workers):
+            net(norm(images.to(dev), plates[idx]))
+    net.train(was_training)
+
+
 def site_accuracy(net, norm, store: ImageStore, sites: pd.DataFrame, batch_size: int, workers: int) -> float:
     """Raw argmax accuracy over sites, one view (a cheap per-epoch validation signal)."""
     logits, _ = embed_sites(net, norm, store, sites, batch_size, workers, tta=1)

@@ -18,11 +18,16 @@ def predict_wells(model: dict, model_sites: pd.DataFrame, site_images: ImageStor
     """Logits and embeddings of the valid and test treatment wells, averaged over both sites.
 
     The model's shape (architecture, classes, image size, normalisation) comes from its checkpoint;
-    ``inference`` sets only how it runs (TTA views, batch size, loader workers). Logits keep only the
-    treatment classes, one float32 column per siRNA id: the cached-logits contract of post-processing.
+    ``inference`` sets how it runs (TTA views, batch size, loader workers) and two batch-effect
+    corrections: ``batchnorm: per_plate`` re-estimates the BatchNorm statistics on each plate's own
+    sites (all of them, controls included) before embedding that plate; ``plate_centring`` moves each
+    plate's mean embedding onto the mean of all plates before the head. Logits keep only the treatment
+    classes, one float32 column per siRNA id: the cached-logits contract of post-processing.
     """
+    import torch
+
     from rxrx1_pipeline.nn.checkpoints import load_model
-    from rxrx1_pipeline.nn.loops import device, embed_sites
+    from rxrx1_pipeline.nn.loops import adapt_batchnorm, device, embed_sites
     from rxrx1_pipeline.nn.network import normaliser_from_stats
 
     settings = model["settings"]
@@ -34,16 +39,41 @@ def predict_wells(model: dict, model_sites: pd.DataFrame, site_images: ImageStor
     treatment = classes[classes["well_type"] == "treatment"].sort_values("sirna")
     columns = treatment["sirna"].astype(str).tolist()
     outputs = []
+    batch, workers, tta = inference["batch_size"], inference["num_workers"], inference["tta"]
+    trained = {k: v.clone() for k, v in net.state_dict().items()}
     for role in ("valid", "test"):
         sites = model_sites[(model_sites["role"] == role) & (model_sites["well_type"] == "treatment")]
-        logits, emb = embed_sites(net, norm, site_images, sites, inference["batch_size"],
-                                  inference["num_workers"], tta=inference["tta"])
+        if inference["batchnorm"] == "per_plate":
+            plate_of = sites["plate_index"].to_numpy()
+            emb = np.empty((len(sites), settings["embedding_dim"]), np.float32)
+            for plate in np.unique(plate_of):
+                rows = np.flatnonzero(plate_of == plate)
+                adapt_batchnorm(net, norm, site_images, model_sites[model_sites["plate_index"] == plate], batch,
+                                workers)
+                emb[rows] = embed_sites(net, norm, site_images, sites.iloc[rows], batch, workers, tta)[1]
+            net.load_state_dict(trained)
+        else:
+            _, emb = embed_sites(net, norm, site_images, sites, batch, workers, tta)
+        if inference["plate_centring"]:
+            emb = centre_plates(emb, sites["plate_index"].to_numpy())
+        with torch.no_grad():
+            logits = net.logits(torch.from_numpy(emb).to(next(net.parameters()).device)).float().cpu().numpy()
         logits = logits[:, treatment["class_index"].to_numpy()]
         outputs.append(per_well(sites["id_code"], logits, columns))
         outputs.append(per_well(sites["id_code"], emb, [f"e{i}" for i in range(emb.shape[1])]))
         log.info("%s: %s logits for %d wells from %d sites", cell_line, role, outputs[-1].shape[0], len(sites))
     valid_logits, valid_emb, test_logits, test_emb = outputs
     return valid_logits, test_logits, valid_emb, test_emb
+
+
+def centre_plates(embeddings: np.ndarray, plates: np.ndarray) -> np.ndarray:
+    """Each plate's embeddings shifted so that the plate's mean becomes the mean over all plates."""
+    out = embeddings.astype(np.float64)
+    overall = out.mean(0)
+    for plate in np.unique(plates):
+        mine = plates == plate
+        out[mine] += overall - out[mine].mean(0)
+    return out.astype(np.float32)
 
 
 def per_well(id_codes: pd.Series, values: np.ndarray, columns: list[str]) -> pd.DataFrame:
