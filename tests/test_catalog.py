@@ -90,3 +90,22 @@ def test_cached_table_contract():
         check_well_table(pd.concat([logits(), logits().head(1)], ignore_index=True), "x.parquet")
     with pytest.raises(WellTableError, match=r"1 columns are not float, e.g. 2 \(object\)"):
         check_well_table(logits().astype({"2": object}), "x.parquet")
+
+
+def test_ensemble_members_load_from_a_folder_and_are_checked(tmp_path):
+    from rxrx1_pipeline.datasets import LogitMembersDataset
+
+    folder = tmp_path / "ensemble" / "test"
+    assert LogitMembersDataset(path=str(folder)).load() == {}  # no folder: no ensemble
+    folder.mkdir(parents=True)
+    logits().to_parquet(folder / "seed1.parquet")
+    logits().iloc[::-1].to_parquet(folder / "densenet.parquet")
+    members = LogitMembersDataset(path=str(folder)).load()
+    assert list(members) == ["densenet", "seed1"]
+    broken = logits()
+    broken.iloc[0, 1] = np.nan
+    broken.to_parquet(folder / "broken.parquet")
+    with pytest.raises(DatasetError, match="broken.parquet: 1 values are NaN"):  # kedro wraps the WellTableError
+        LogitMembersDataset(path=str(folder)).load()
+    with pytest.raises(DatasetError, match="copied in by hand"):
+        LogitMembersDataset(path=str(folder)).save({})

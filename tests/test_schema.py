@@ -41,6 +41,9 @@ BAD = {
     "zero processes": (("HUVEC", "training", "distributed"), {"nproc_per_node": 0},
                        r"HUVEC\.training\.distributed\.nproc_per_node"),
     "nodes without endpoint": (("RPE", "training", "distributed"), {"nnodes": 2}, r"needs rdzv_endpoint"),
+    "final fit with fitted temperature": (("U2OS", "training", "final_fit"), True,
+                                          r"U2OS\.training\.final_fit = True with postprocess\.assignment\."
+                                          r"temperature = 'auto': the validation wells are then training data"),
 }
 
 

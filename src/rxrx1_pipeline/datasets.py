@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from kedro.io import AbstractDataset
+from kedro.io import AbstractDataset, DatasetError
 from kedro_datasets.pandas import ParquetDataset
 from tqdm.auto import tqdm
 
@@ -179,3 +179,27 @@ class WellTableDataset(ParquetDataset):
         table = super().load()
         check_well_table(table, str(self._filepath))
         return table
+
+
+class LogitMembersDataset(AbstractDataset):
+    """A folder of cached-logits tables from other trained models (``<member>.parquet``), loaded as
+    {member name: table}; an absent or empty folder loads as {} (no ensemble). Read only: a member
+    is added by copying a finished run's ``valid_logits``/``test_logits`` file into it."""
+
+    def __init__(self, path: str, metadata: dict | None = None):
+        self._path = Path(path)
+        self.metadata = metadata
+
+    def load(self) -> dict[str, pd.DataFrame]:
+        members = {}
+        for file in sorted(self._path.glob("*.parquet")):
+            table = pd.read_parquet(file)
+            check_well_table(table, str(file))
+            members[file.stem] = table
+        return members
+
+    def save(self, data) -> None:
+        raise DatasetError(f"{self._path}: ensemble members are copied in by hand, not written by a run")
+
+    def _describe(self) -> dict:
+        return {"path": str(self._path)}

@@ -92,6 +92,8 @@ class Training(Strict):
     validate_every: NonNegativeInt
     num_workers: NonNegativeInt
     channels_last: bool = False
+    controls: Literal["train_experiments", "all_experiments"] = "train_experiments"
+    final_fit: bool = False
     device: str | None = None
     distributed: Distributed = Distributed()
 
@@ -174,5 +176,13 @@ def validate_parameters(parameters: dict[str, Any], blocks: set[str] | None = No
                 key = ".".join([block, *(str(p) for p in error["loc"])])
                 value = error.get("input")
                 problems.append(f"{key} = {value!r}: {error['msg'].removeprefix('Value error, ')}")
+    chosen = blocks if blocks is not None else BLOCKS
+    final = sorted(cl for cl in CELL_LINES if cl in chosen and isinstance(parameters.get(cl), dict)
+                   and parameters[cl].get("training", {}).get("final_fit"))
+    temperature = parameters.get("postprocess", {}).get("assignment", {}).get("temperature")
+    if final and "postprocess" in chosen and temperature == "auto":
+        problems.append(f"{', '.join(final)}.training.final_fit = True with postprocess.assignment.temperature = "
+                        "'auto': the validation wells are then training data; set the temperature that the "
+                        "held-out run fitted (its 08_reporting/postprocess_calibration.json)")
     if problems:
         raise ParameterError("invalid parameters (nothing was run):\n  " + "\n  ".join(problems))

@@ -26,7 +26,8 @@ TINY_TRAINING = {
     "valid_experiments": 1, "arch": "test_resnet", "pretrained_weights": None, "image_size": 16,
     "embedding_dim": 16, "head": "cosface", "margin": 0.1, "scale": 16.0, "normalization": "plate",
     "epochs": 2, "batch_size": 16, "lr": 0.003, "weight_decay": 0.0, "seed": 0, "validate_every": 1,
-    "num_workers": 0, "channels_last": True,
+    "num_workers": 0, "channels_last": True, "controls": "train_experiments",
+    "final_fit": False,
 }
 TINY_INFERENCE = {"tta": 2, "batch_size": 16, "num_workers": 0, "batchnorm": "trained", "plate_centring": False}
 

@@ -19,6 +19,7 @@ from rxrx1_pipeline.pipelines.postprocess.kernels import (
 from rxrx1_pipeline.pipelines.postprocess.nodes import (
     assign_wells,
     build_submission,
+    ensemble_logits,
     evaluate,
     fit_temperature,
     infer_layouts,
@@ -195,3 +196,15 @@ def test_row_argmax_matches_numpy_on_both_memory_orders():
     x[3, [10, 600]] = 9.0  # ties resolve to the first column, as in numpy
     for arr in (x, np.asfortranarray(x)):
         np.testing.assert_array_equal(row_argmax(arr, chunk=64), x.argmax(axis=1))
+
+
+def test_ensemble_sums_members_aligned_by_well_and_refuses_other_wells():
+    own = pd.DataFrame({"id_code": ["a", "b", "c"], "1": [1.0, 2.0, 3.0], "2": [0.0, 1.0, 0.0]}, dtype=None)
+    member = own.iloc[::-1].assign(**{"1": [10.0, 20.0, 30.0]})  # rows in another order: c, b, a
+    total = ensemble_logits(own, {"seed1": member})
+    assert list(total["id_code"]) == ["a", "b", "c"]
+    np.testing.assert_allclose(total["1"], [31.0, 22.0, 13.0])
+    np.testing.assert_allclose(total["2"], [0.0, 2.0, 0.0])
+    assert ensemble_logits(own, {}) is own
+    with pytest.raises(ValueError, match="ensemble member short: its wells or siRNA columns differ"):
+        ensemble_logits(own, {"short": own.iloc[:2]})

@@ -49,7 +49,8 @@ def small_case() -> tuple[dict, pd.DataFrame, pd.Series]:
     inputs = {"wells": wells, "sirna_groups": groups, "train_plate_groups": train_pg,
               "plate_layouts": tabulate_plate_layouts(train_pg),
               "valid_logits": simulated_logits(valid, truth, "train", strength=2.5, seed=1),
-              "test_logits": simulated_logits(wells, truth, "test", strength=2.5, seed=2)}
+              "test_logits": simulated_logits(wells, truth, "test", strength=2.5, seed=2),
+              "valid_logit_members": {}, "test_logit_members": {}}
     return inputs, wells, truth
 
 
@@ -70,3 +71,29 @@ def test_postprocess_reruns_from_cached_logits(caplog):
     assert metrics.loc[metrics["level"] == "overall", "layout_correct"].item() == 1.0
     assert set(first["test_plate_groups"]["experiment"]) == set(wells.loc[wells["split"] == "test", "experiment"])
     assert "assigned" in first["postprocess_chart"].to_json()
+
+
+def test_an_ensemble_of_weak_models_beats_one():
+    """Members' cached logits are summed before layout inference: three weak models beat one."""
+    inputs, wells, truth = small_case()
+    valid = wells[wells["experiment"].isin(["HEPG2-01", "HUVEC-01"])]
+    weak = {"valid_logits": simulated_logits(valid, truth, "train", strength=0.6, seed=11),
+            "test_logits": simulated_logits(wells, truth, "test", strength=0.6, seed=12)}
+    members = {split: {f"m{seed}": simulated_logits(valid if split == "valid" else wells, truth,
+                                                    "train" if split == "valid" else "test", strength=0.6, seed=seed)
+                       for seed in (seed0, seed0 + 1)}
+               for split, seed0 in (("valid", 21), ("test", 31))}
+    alone = run_postprocess({**inputs, **weak})
+    together = run_postprocess({**inputs, **weak, "valid_logit_members": members["valid"],
+                                "test_logit_members": members["test"]})
+
+    def accuracy(outputs):
+        sub = outputs["submission"]
+        return (sub.set_index("id_code")["sirna"] == truth[sub["id_code"]].to_numpy()).mean()
+
+    assert accuracy(together) > accuracy(alone) + 0.05
+    pd.testing.assert_frame_equal(together["valid_ensemble_logits"].iloc[:, 1:],
+                                  (weak["valid_logits"].set_index("id_code")
+                                   + sum(m.set_index("id_code") for m in members["valid"].values()))
+                                  .loc[together["valid_ensemble_logits"]["id_code"]].reset_index(drop=True),
+                                  check_dtype=False, atol=1e-4)

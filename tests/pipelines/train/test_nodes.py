@@ -146,3 +146,27 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_good_checkpoint(prepared
                                                  r"training stopped: the model is not saved"):
         train_model(model_sites, images, broken, classes, store, "HEPG2", tiny_training)
     assert torch.load(tmp_path / "c.pt", weights_only=True)["epoch"] == 1  # the good state, untouched
+
+
+def test_controls_of_every_experiment_can_be_fitted_but_no_held_out_treatment(prepared):
+    from rxrx1_pipeline.pipelines.train.nodes import sites_to_fit
+
+    _, model_sites, _, _ = prepared
+    plain = sites_to_fit(model_sites, "train_experiments")
+    wide = sites_to_fit(model_sites, "all_experiments")
+    assert set(plain["role"]) == {"fit"}
+    added = wide[~wide["store_row"].isin(plain["store_row"])]
+    assert set(added["role"]) == {"valid", "test"} and set(added["well_type"]) <= {"negative_control",
+                                                                                    "positive_control"}
+    assert (added["class_index"] >= 0).all() and len(added) > 0
+    held_out_controls = model_sites[(model_sites["role"] != "fit") & (model_sites["well_type"] != "treatment")]
+    assert len(added) == len(held_out_controls)
+
+
+def test_final_fit_also_trains_on_the_validation_experiments(prepared):
+    from rxrx1_pipeline.pipelines.train.nodes import sites_to_fit
+
+    _, model_sites, _, _ = prepared
+    final = sites_to_fit(model_sites, "train_experiments", final_fit=True)
+    assert set(final["role"]) == {"fit", "valid"}
+    assert len(final) == int(model_sites["role"].isin(["fit", "valid"]).sum())

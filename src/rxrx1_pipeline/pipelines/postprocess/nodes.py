@@ -27,6 +27,22 @@ from .kernels import (
 log = logging.getLogger(__name__)
 
 
+def ensemble_logits(logits: pd.DataFrame, members: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """This run's cached logits plus every ensemble member's (other models' logits for the same wells and
+    siRNAs), summed before layout inference; with no member, the run's own logits."""
+    if not members:
+        return logits
+    total = logits.set_index("id_code").astype(np.float64)
+    for name, member in members.items():
+        other = member.set_index("id_code")
+        if set(other.index) != set(total.index) or list(other.columns) != list(total.columns):
+            raise ValueError(f"ensemble member {name}: its wells or siRNA columns differ from this run's logits "
+                             f"({len(other)} vs {len(total)} wells, {other.shape[1]} vs {total.shape[1]} columns)")
+        total += other.loc[total.index].astype(np.float64)
+    log.info("Ensemble: this run's logits summed with %d member(s): %s", len(members), ", ".join(members))
+    return total.astype(np.float32).reset_index()
+
+
 def split_logits(logits: pd.DataFrame, wells: pd.DataFrame, sirna_groups: pd.DataFrame
                  ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray]:
     """Validate one logits table and line it up with the wells.

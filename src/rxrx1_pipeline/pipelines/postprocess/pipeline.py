@@ -8,6 +8,7 @@ from kedro.pipeline import Node, Pipeline
 from .nodes import (
     assign_wells,
     build_submission,
+    ensemble_logits,
     evaluate,
     fit_temperature,
     infer_layouts,
@@ -18,15 +19,17 @@ SPLITS = ("valid", "test")
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    nodes = [Node(fit_temperature, ["valid_logits", "wells", "sirna_groups", "params:postprocess.assignment"],
-                  "postprocess_calibration", name="fit_assignment_temperature")]
+    nodes = [Node(ensemble_logits, [f"{split}_logits", f"{split}_logit_members"], f"{split}_ensemble_logits",
+                  name=f"ensemble_{split}_logits") for split in SPLITS]
+    nodes += [Node(fit_temperature, ["valid_ensemble_logits", "wells", "sirna_groups", "params:postprocess.assignment"],
+                   "postprocess_calibration", name="fit_assignment_temperature")]
     for split in SPLITS:
         nodes += [
             Node(infer_layouts,
-                 [f"{split}_logits", "wells", "sirna_groups", "plate_layouts", "params:postprocess.rotation"],
+                 [f"{split}_ensemble_logits", "wells", "sirna_groups", "plate_layouts", "params:postprocess.rotation"],
                  f"{split}_plate_groups", name=f"infer_{split}_layouts"),
             Node(assign_wells,
-                 [f"{split}_logits", "wells", "sirna_groups", f"{split}_plate_groups",
+                 [f"{split}_ensemble_logits", "wells", "sirna_groups", f"{split}_plate_groups",
                   "postprocess_calibration", "params:postprocess.assignment"],
                  f"{split}_predictions", name=f"assign_{split}_wells"),
         ]

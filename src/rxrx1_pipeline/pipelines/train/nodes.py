@@ -87,18 +87,37 @@ def plate_statistics(model_sites: pd.DataFrame, site_images: ImageStore) -> pd.D
     return stats
 
 
+def sites_to_fit(model_sites: pd.DataFrame, controls: str, final_fit: bool = False) -> pd.DataFrame:
+    """The sites the model is fitted on: every labelled site of the fit experiments and, with ``controls``
+    = ``all_experiments``, the control wells of the validation and test experiments too (their labels
+    are public), so the model also sees the plates it will predict. Controls are classes of the model
+    but never answers: inference keeps the treatment classes only.
+
+    ``final_fit`` adds the validation experiments (the submission models, trained on every labelled
+    experiment; their validation figures are then on training data)."""
+    fit = model_sites["role"].isin(["fit", "valid"] if final_fit else ["fit"])
+    if controls == "all_experiments":
+        fit |= (model_sites["well_type"] != "treatment") & (model_sites["class_index"] >= 0)
+    return model_sites[fit]
+
+
 def train_model(model_sites: pd.DataFrame, site_images: ImageStore, plate_stats: pd.DataFrame,
                 classes: pd.DataFrame, checkpoints, cell_line: str, training: dict
                 ) -> tuple[dict, pd.DataFrame]:
     """Train the embedding model on the fit sites, resuming from the last checkpoint of the same setup;
     in this process, or on ``training.distributed.nproc_per_node`` DDP processes.
 
+    ``training.controls`` chooses which control wells are fitted (:func:`sites_to_fit`).
+
     Returns the trained model (settings + weights) and the per-epoch history.
     """
     from rxrx1_pipeline.nn import distributed, loops
     from rxrx1_pipeline.nn.training import TrainJob, fit
 
-    fit_sites = model_sites[model_sites["role"] == "fit"]
+    fit_sites = sites_to_fit(model_sites, training["controls"], training["final_fit"])
+    if training["final_fit"]:
+        log.warning("%s: final fit: the validation experiments are trained on too, so their figures are no "
+                    "longer a validation", cell_line)
     valid = model_sites[(model_sites["role"] == "valid") & (model_sites["well_type"] == "treatment")]
     settings = {k: v for k, v in training.items() if k not in RUNTIME_ONLY}
     if training["epochs"] < 1:
