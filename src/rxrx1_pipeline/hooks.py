@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import re
 from pathlib import Path
 
@@ -10,8 +9,6 @@ import pandas as pd
 from kedro.framework.hooks import hook_impl
 
 from rxrx1_pipeline.schema import validate_parameters
-
-log = logging.getLogger(__name__)
 
 
 class ValidateParameters:
