@@ -106,23 +106,27 @@ def run_epoch(step, norm, opt, sched, data, plates: torch.Tensor, views: torch.G
 
 
 def embed_sites(net, norm, store: ImageStore, sites: pd.DataFrame, batch_size: int, workers: int,
-                tta: int) -> tuple[np.ndarray, np.ndarray]:
-    """(logits over all classes, embeddings) per site row of ``sites``, averaged over ``tta`` dihedral views."""
+                tta: int) -> np.ndarray:
+    """The embedding of each site row of ``sites``, averaged over ``tta`` dihedral views."""
     dev = next(net.parameters()).device
     plates = torch.from_numpy(sites["plate_index"].to_numpy(copy=True))
     data = loader(StoreSites(store, sites["store_row"].to_numpy()), batch_size, workers)
-    logits, embeddings = [], []
+    embeddings = []
     was_training = net.training
     net.eval()
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
         for images, idx, _ in tqdm(data, desc="embedding sites", unit="batch", leave=False, mininterval=1,
                                    disable=None):
             x = norm(images.to(dev), plates[idx])
-            emb = torch.stack([net(dihedral(x, k)).float() for k in range(tta)]).mean(0)
-            logits.append(net.logits(emb).float().cpu().numpy())
-            embeddings.append(emb.cpu().numpy())
+            embeddings.append(torch.stack([net(dihedral(x, k)).float() for k in range(tta)]).mean(0).cpu().numpy())
     net.train(was_training)
-    return np.concatenate(logits), np.concatenate(embeddings)
+    return np.concatenate(embeddings)
+
+
+def class_logits(net, embeddings: np.ndarray) -> np.ndarray:
+    """The head's logits over all classes (no margin) for embeddings from :func:`embed_sites`."""
+    with torch.no_grad():
+        return net.logits(torch.from_numpy(embeddings).to(next(net.parameters()).device)).float().cpu().numpy()
 
 
 def adapt_batchnorm(net, norm, store: ImageStore, sites: pd.DataFrame, batch_size: int, workers: int) -> None:
@@ -146,5 +150,5 @@ def adapt_batchnorm(net, norm, store: ImageStore, sites: pd.DataFrame, batch_siz
 
 def site_accuracy(net, norm, store: ImageStore, sites: pd.DataFrame, batch_size: int, workers: int) -> float:
     """Raw argmax accuracy over sites, one view (a cheap per-epoch validation signal)."""
-    logits, _ = embed_sites(net, norm, store, sites, batch_size, workers, tta=1)
+    logits = class_logits(net, embed_sites(net, norm, store, sites, batch_size, workers, tta=1))
     return float((logits.argmax(1) == sites["class_index"].to_numpy()).mean())

@@ -24,10 +24,8 @@ def predict_wells(model: dict, model_sites: pd.DataFrame, site_images: ImageStor
     plate's mean embedding onto the mean of all plates before the head. Logits keep only the treatment
     classes, one float32 column per siRNA id: the cached-logits contract of post-processing.
     """
-    import torch
-
     from rxrx1_pipeline.nn.checkpoints import load_model
-    from rxrx1_pipeline.nn.loops import adapt_batchnorm, device, embed_sites
+    from rxrx1_pipeline.nn.loops import adapt_batchnorm, class_logits, device, embed_sites
     from rxrx1_pipeline.nn.network import normaliser_from_stats
 
     settings = model["settings"]
@@ -40,25 +38,23 @@ def predict_wells(model: dict, model_sites: pd.DataFrame, site_images: ImageStor
     columns = treatment["sirna"].astype(str).tolist()
     outputs = []
     batch, workers, tta = inference["batch_size"], inference["num_workers"], inference["tta"]
-    trained = {k: v.clone() for k, v in net.state_dict().items()}
     for role in ("valid", "test"):
         sites = model_sites[(model_sites["role"] == role) & (model_sites["well_type"] == "treatment")]
         if inference["batchnorm"] == "per_plate":
+            trained = {k: v.clone() for k, v in net.state_dict().items()}
             plate_of = sites["plate_index"].to_numpy()
             emb = np.empty((len(sites), settings["embedding_dim"]), np.float32)
             for plate in np.unique(plate_of):
                 rows = np.flatnonzero(plate_of == plate)
                 adapt_batchnorm(net, norm, site_images, model_sites[model_sites["plate_index"] == plate], batch,
                                 workers)
-                emb[rows] = embed_sites(net, norm, site_images, sites.iloc[rows], batch, workers, tta)[1]
+                emb[rows] = embed_sites(net, norm, site_images, sites.iloc[rows], batch, workers, tta)
             net.load_state_dict(trained)
         else:
-            _, emb = embed_sites(net, norm, site_images, sites, batch, workers, tta)
+            emb = embed_sites(net, norm, site_images, sites, batch, workers, tta)
         if inference["plate_centring"]:
             emb = centre_plates(emb, sites["plate_index"].to_numpy())
-        with torch.no_grad():
-            logits = net.logits(torch.from_numpy(emb).to(next(net.parameters()).device)).float().cpu().numpy()
-        logits = logits[:, treatment["class_index"].to_numpy()]
+        logits = class_logits(net, emb)[:, treatment["class_index"].to_numpy()]
         outputs.append(per_well(sites["id_code"], logits, columns))
         outputs.append(per_well(sites["id_code"], emb, [f"e{i}" for i in range(emb.shape[1])]))
         log.info("%s: %s logits for %d wells from %d sites", cell_line, role, outputs[-1].shape[0], len(sites))
