@@ -87,7 +87,7 @@ def run_epoch(step, norm, opt, sched, data, plates: torch.Tensor, views: torch.G
         value = loss.item()
         finite = math.isfinite(value)
         if world > 1:  # every rank must stop together, or the others would wait in the all-reduce forever
-            flag = torch.tensor([float(finite)])
+            flag = torch.tensor([float(finite)], device=dev)  # on the device: NCCL reduces only CUDA tensors
             dist.all_reduce(flag, op=dist.ReduceOp.MIN)
             finite = bool(flag.item())
         if not finite:
@@ -101,6 +101,7 @@ def run_epoch(step, norm, opt, sched, data, plates: torch.Tensor, views: torch.G
                                dtype=torch.float64)
         bar.set_postfix(loss=f"{totals[0] / totals[2]:.3f}", acc=f"{totals[1] / totals[2]:.3f}")
     if world > 1:
+        totals = totals.to(dev)
         dist.all_reduce(totals)
     return float(totals[0] / totals[2]), float(totals[1] / totals[2])
 
