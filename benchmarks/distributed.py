@@ -48,7 +48,7 @@ def main() -> None:
         for n in args.processes:
             settings = {**training, "distributed": {**training.get("distributed", {}), "nproc_per_node": n}}
             start = time.perf_counter()
-            _, history = train_model(*inputs, CheckpointStore(Path(tmp) / f"{n}.pt"), cl, settings)
+            _, history, _ = train_model(*inputs, CheckpointStore(Path(tmp) / f"{n}.pt"), cl, settings)
             times[n] = time.perf_counter() - start
             curves[f"{n} process{'es' if n > 1 else ''}"] = history.set_index("epoch")[
                 ["loss", "valid_site_accuracy"]]

@@ -4,8 +4,10 @@
 
 Runs `kedro run --env ENV --pipelines PIPELINES --params PARAMS` (timed), then prints one markdown
 row: valid raw / masked / assigned accuracy (the run's own stage table), hidden-test accuracy after
-assignment (the submission against the generator's hidden labels) and the wall time. The rows of
-benchmarks/levers.md were made with it; see there for each row's command.
+assignment (the submission against the generator's hidden labels) and the wall time. With
+pseudo-labelling on, it first prints how many of the labels added each epoch were wrong (against the
+hidden truth, validation and test wells alike). The rows of benchmarks/levers.md were made with it; see
+there for each row's command.
 """
 
 from __future__ import annotations
@@ -43,10 +45,33 @@ def main() -> None:
     with KedroSession.create(project_path=ROOT, env=args.env) as session:
         catalog = session.load_context().catalog
         valid = catalog.load("postprocess_metrics").set_index("name").loc["all"]
-        hidden = score(catalog.load("test_predictions"), catalog.load("synthetic_truth"),
+        truth = catalog.load("synthetic_truth")
+        hidden = score(catalog.load("test_predictions"), truth,
                        catalog.load("test_plate_groups"), catalog.load("sirna_groups")).set_index("name").loc["all"]
+        pseudo = pseudo_label_errors(catalog, truth)
+    if len(pseudo):
+        print("Pseudo-labels added per epoch, and how many were wrong (hidden truth):")
+        print(pseudo.to_string(index=False))
     print(f"| {args.name} | {valid['raw']:.1%} | {valid['masked']:.1%} | {valid['assigned']:.1%} | "
           f"{hidden['assigned']:.1%} | {wall / 60:.1f} min | `{' '.join(command[1:])}` |")
+
+
+def pseudo_label_errors(catalog, truth):
+    """Per epoch: pseudo-labels added (all cell lines), of which wrong, and the running totals."""
+    import pandas as pd
+
+    from rxrx1_pipeline.plates import CELL_LINES
+
+    labels = pd.concat([catalog.load(f"{cl}.pseudo_labels") for cl in CELL_LINES if catalog.exists(f"{cl}.pseudo_labels")],
+                       ignore_index=True)
+    if labels.empty:
+        return labels
+    labels = labels.merge(truth[["id_code", "sirna"]].rename(columns={"sirna": "true"}), on="id_code")
+    table = labels.assign(wrong=labels["sirna"] != labels["true"]).groupby("epoch").agg(
+        added=("wrong", "size"), wrong=("wrong", "sum")).reset_index()
+    table["labelled"], table["wrong so far"] = table["added"].cumsum(), table["wrong"].cumsum()
+    table["error of added"] = (table["wrong"] / table["added"]).map("{:.1%}".format)
+    return table
 
 
 if __name__ == "__main__":

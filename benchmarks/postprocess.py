@@ -33,7 +33,7 @@ from rxrx1_pipeline.pipelines.plate_groups.nodes import (  # noqa: E402
     discover_sirna_groups,
     tabulate_plate_layouts,
 )
-from rxrx1_pipeline.pipelines.postprocess import kernels  # noqa: E402
+from rxrx1_pipeline import kernels  # noqa: E402
 from rxrx1_pipeline.pipelines.postprocess import nodes as pp  # noqa: E402
 from rxrx1_pipeline.plates import layout_matrix  # noqa: E402
 

@@ -71,7 +71,7 @@ def loader_rate(store, rows: np.ndarray, batch: int, workers: int, batches: int)
     """Sites/s of shuffled batches read from the store (with the in-process augmentation)."""
     from rxrx1_pipeline.nn.data import StoreSites, fit_loader, random_dihedral, views_of_step
 
-    data = fit_loader(StoreSites(store, rows), batch, workers, seed=0)
+    data = fit_loader(StoreSites(store, rows), np.zeros(len(rows)), batch, workers, seed=0)
     views = torch.Generator().manual_seed(0)
     n, start = 0, None
     for i, (images, _, _) in enumerate(data):

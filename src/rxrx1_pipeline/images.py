@@ -271,3 +271,24 @@ def check_free_space(path: Path, needed: int) -> None:
         raise StoreError(f"image store {path} needs {needed / 2**30:.2f} GiB ({needed} bytes) but only "
                          f"{free / 2**30:.2f} GiB ({free} bytes) are free on that disk; point image_store_root "
                          "(conf globals) at a larger disk")
+
+
+class StoreChain:
+    """Several image stores read as one (the cell lines' stores for the shared model): row ``offsets[k] + r``
+    is row ``r`` of store ``k``."""
+
+    def __init__(self, stores: list[ImageStore]):
+        sizes = {s.image_size for s in stores}
+        if len(sizes) != 1:
+            raise StoreError(f"the image stores hold different image sizes {sorted(sizes)}; set one "
+                             "training.image_size for every cell line of a shared model")
+        self.stores, self.image_size = list(stores), sizes.pop()
+        self.offsets = np.cumsum([0] + [len(s) for s in stores])
+        self.job = [s.job for s in stores]
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def read(self, row: int) -> np.ndarray:
+        k = int(np.searchsorted(self.offsets, row, side="right")) - 1
+        return self.stores[k].read(row - self.offsets[k])

@@ -6,7 +6,7 @@ each bad key with its value and what is allowed. ``hooks.ValidateParameters`` ca
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -66,6 +66,17 @@ class Distributed(Strict):
         return self
 
 
+class Augment(Strict):
+    crop_min_area: Annotated[float, Field(gt=0, le=1)] = 1.0
+    mixup: NonNegative = 0.0
+    cutmix: NonNegative = 0.0
+
+
+class PseudoLabels(Strict):
+    start_epoch: NonNegativeInt = 0
+    final_share: Annotated[float, Field(gt=0, le=1)] = 0.5
+
+
 class Training(Strict):
     valid_experiments: Any
 
@@ -84,7 +95,7 @@ class Training(Strict):
     margin: NonNegative
     scale: Annotated[float, Field(gt=0)]
     normalization: Literal["plate", "image"]
-    epochs: PositiveInt
+    epochs: NonNegativeInt  # 0 only with init shared (checked below)
     batch_size: Annotated[int, Field(ge=2)]  # BatchNorm needs two samples
     lr: Annotated[float, Field(gt=0, le=1)]
     weight_decay: NonNegative
@@ -96,6 +107,21 @@ class Training(Strict):
     final_fit: bool = False
     device: str | None = None
     distributed: Distributed = Distributed()
+    init: Literal["scratch", "shared"] = "scratch"
+    batches: Literal["mixed", "per_plate"] = "mixed"
+    augment: Augment = Augment()
+    pseudo_labels: PseudoLabels = PseudoLabels()
+
+    zero_epochs: ClassVar[str] = "init: shared"  # when 0 epochs are allowed
+
+    @model_validator(mode="after")
+    def _epochs(self):
+        if self.epochs == 0 and self.init != "shared" and self.zero_epochs == "init: shared":
+            raise ValueError("epochs must be >= 1 (0 only with init: shared, to use the shared model as it is)")
+        if self.pseudo_labels.start_epoch > self.epochs:
+            raise ValueError(f"pseudo_labels.start_epoch {self.pseudo_labels.start_epoch} is after the last "
+                             f"epoch ({self.epochs})")
+        return self
 
     @model_validator(mode="after")
     def _global_batch(self):
@@ -106,6 +132,19 @@ class Training(Strict):
             raise ValueError(f"batch_size {self.batch_size} is the global batch: it must divide by the "
                              f"{world} DDP processes, leaving at least 2 sites each")
         return self
+
+
+class SharedTraining(Training):
+    """The shared model's recipe: a training block that starts from scratch, without pseudo-labels (0
+    epochs: no shared model)."""
+
+    @model_validator(mode="after")
+    def _shared(self):
+        if self.init != "scratch" or self.pseudo_labels.start_epoch:
+            raise ValueError("the shared model starts from scratch (init: scratch) and has no pseudo-labels")
+        return self
+
+    zero_epochs: ClassVar[str] = "always (no shared model)"
 
 
 class CellLine(Strict):
@@ -151,7 +190,7 @@ class Postprocess(Strict):
     assignment: Assignment
 
 
-BLOCKS: dict[str, type[BaseModel]] = {"synthetic": Synthetic, "inference": Inference,
+BLOCKS: dict[str, type[BaseModel]] = {"synthetic": Synthetic, "inference": Inference, "shared_training": SharedTraining,
                                       "postprocess": Postprocess, **{cl: CellLine for cl in CELL_LINES}}
 
 
@@ -180,6 +219,11 @@ def validate_parameters(parameters: dict[str, Any], blocks: set[str] | None = No
     final = sorted(cl for cl in CELL_LINES if cl in chosen and isinstance(parameters.get(cl), dict)
                    and parameters[cl].get("training", {}).get("final_fit"))
     temperature = parameters.get("postprocess", {}).get("assignment", {}).get("temperature")
+    shared = sorted(cl for cl in CELL_LINES if cl in chosen and isinstance(parameters.get(cl), dict)
+                    and parameters[cl].get("training", {}).get("init") == "shared")
+    if shared and "shared_training" in chosen and not parameters.get("shared_training", {}).get("epochs"):
+        problems.append(f"{', '.join(shared)}.training.init = 'shared' with shared_training.epochs = 0: set "
+                        "shared_training.epochs >= 1 to train the shared model they start from")
     if final and "postprocess" in chosen and temperature == "auto":
         problems.append(f"{', '.join(final)}.training.final_fit = True with postprocess.assignment.temperature = "
                         "'auto': the validation wells are then training data; set the temperature that the "

@@ -36,10 +36,11 @@ def test_random_dihedral_applies_each_images_view():
 def test_shards_of_two_processes_make_the_global_batches_and_views_of_one():
     """Rank r takes positions r, r + world, ... of each global batch, for its sites and its views alike."""
     dataset = list(range(37))
-    one = fit_loader(dataset, 8, 0, seed=5)
-    two = [fit_loader(dataset, 8, 0, seed=5, rank=r, world=2) for r in (0, 1)]
+    plates = np.zeros(37)
+    one = fit_loader(dataset, plates, 8, 0, seed=5)
+    two = [fit_loader(dataset, plates, 8, 0, seed=5, rank=r, world=2) for r in (0, 1)]
     for loader in (one, *two):
-        loader.sampler.set_epoch(3)
+        loader.batch_sampler.set_epoch(3)
     g1, g2 = torch.Generator().manual_seed(9), [torch.Generator().manual_seed(9) for _ in (0, 1)]
     batches = list(zip(one, *two))
     for full, half0, half1 in batches[:-1]:  # the last global batch is padded to split evenly
@@ -48,10 +49,10 @@ def test_shards_of_two_processes_make_the_global_batches_and_views_of_one():
         assert torch.equal(views_of_step(g2[0], len(half0), 0, 2), views[0::2])
         assert torch.equal(views_of_step(g2[1], len(half1), 1, 2), views[1::2])
     assert sorted(torch.cat([b[0] for b in batches]).tolist()) == dataset
-    one.sampler.set_epoch(4)
+    one.batch_sampler.set_epoch(4)
     assert not torch.equal(next(iter(one)), batches[0][0])  # a new order every epoch
     with pytest.raises(ValueError, match="must divide by the 3 training processes"):
-        fit_loader(dataset, 8, 0, seed=5, rank=0, world=3)
+        fit_loader(dataset, plates, 8, 0, seed=5, rank=0, world=3)
 
 
 @pytest.mark.parametrize("head", ["cosface", "arcface", "softmax"])

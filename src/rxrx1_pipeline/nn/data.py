@@ -39,24 +39,66 @@ def random_dihedral(images: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def fit_loader(dataset: StoreSites, batch_size: int, workers: int, seed: int, rank: int = 0,
-               world: int = 1) -> DataLoader:
-    """Shuffled training batches of rank ``rank`` of ``world`` processes: a ``DistributedSampler`` shard.
+class FitBatches(torch.utils.data.Sampler):
+    """The training batches of one epoch, as this rank's positions in the dataset.
 
-    ``batch_size`` is the global batch: each process takes ``batch_size / world`` sites per step. The
-    sampler draws one permutation per epoch from (seed, epoch) alone (call ``sampler.set_epoch``), and
-    rank r's k-th site of a step is position r + k * world of the global batch, so the global batches
-    are the same for any number of processes and an epoch is reproduced exactly after a resume.
+    Global batches of ``batch_size`` sites are drawn from (seed, epoch) alone: a permutation of all sites
+    (``by_plate`` False), or each plate's sites permuted and cut into batches, the batches shuffled (every
+    batch from one plate, so BatchNorm sees one plate's statistics while training: AdaBN at training time).
+    ``steps`` keeps the epoch at that many batches when the dataset grows (pseudo-labels), so the
+    learning-rate schedule and the epoch's cost stay those of the labelled sites. Rank r of ``world``
+    takes positions r, r + world, ... of each global batch (a batch that does not split is padded by
+    repeating its first sites), so the global batches are the same for any number of processes.
     """
-    from torch.utils.data.distributed import DistributedSampler
 
-    if batch_size % world:
-        raise ValueError(f"training.batch_size {batch_size} must divide by the {world} training processes "
-                         "(it is the global batch: each process takes batch_size / processes)")
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=False)
-    return DataLoader(dataset, batch_size=batch_size // world, sampler=sampler, num_workers=workers,
-                      generator=_private(), persistent_workers=False, drop_last=False,
-                      pin_memory=torch.cuda.is_available())
+    def __init__(self, plates: np.ndarray, batch_size: int, seed: int, rank: int = 0, world: int = 1,
+                 by_plate: bool = False, steps: int | None = None):
+        if batch_size % world:
+            raise ValueError(f"training.batch_size {batch_size} must divide by the {world} training processes "
+                             "(it is the global batch: each process takes batch_size / processes)")
+        self.plates, self.batch_size, self.seed = np.asarray(plates), batch_size, seed
+        self.rank, self.world, self.by_plate, self.steps = rank, world, by_plate, steps
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def global_batches(self) -> list[np.ndarray]:
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        if not self.by_plate:
+            order = torch.randperm(len(self.plates), generator=g).numpy()
+            batches = np.split(order, range(self.batch_size, len(order), self.batch_size))
+        else:
+            batches = []
+            for plate in np.unique(self.plates):
+                mine = np.flatnonzero(self.plates == plate)
+                mine = mine[torch.randperm(len(mine), generator=g).numpy()]
+                batches += np.split(mine, range(self.batch_size, len(mine), self.batch_size))
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+        return batches[:self.steps] if self.steps else batches
+
+    def __iter__(self):
+        for batch in self.global_batches():
+            if len(batch) % self.world:
+                batch = np.resize(batch, -(-len(batch) // self.world) * self.world)
+            yield batch[self.rank::self.world].tolist()
+
+    def __len__(self) -> int:
+        if self.steps:
+            return self.steps
+        if not self.by_plate:
+            return -(-len(self.plates) // self.batch_size)
+        return int(sum(-(-n // self.batch_size) for n in np.unique(self.plates, return_counts=True)[1]))
+
+
+def fit_loader(dataset: StoreSites, plates: np.ndarray, batch_size: int, workers: int, seed: int, rank: int = 0,
+               world: int = 1, by_plate: bool = False, steps: int | None = None) -> DataLoader:
+    """Shuffled training batches of rank ``rank`` of ``world`` processes (:class:`FitBatches`; call
+    ``batch_sampler.set_epoch`` each epoch). ``batch_size`` is the global batch: each process takes
+    ``batch_size / world`` sites per step, and an epoch is reproduced exactly after a resume."""
+    batches = FitBatches(plates, batch_size, seed, rank, world, by_plate, steps)
+    return DataLoader(dataset, batch_sampler=batches, num_workers=workers, generator=_private(),
+                      persistent_workers=False, pin_memory=torch.cuda.is_available())
 
 
 def views_of_step(generator: torch.Generator, n_local: int, rank: int = 0, world: int = 1) -> torch.Tensor:

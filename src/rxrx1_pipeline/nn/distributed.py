@@ -13,6 +13,7 @@ import logging
 import os
 import uuid
 
+import pandas as pd
 import torch
 import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, record
@@ -31,9 +32,9 @@ def processes(setting: int | str) -> int:
 
 
 def train(job: TrainJob, nproc: int, nnodes: int = 1, rdzv_endpoint: str | None = None
-          ) -> tuple[dict, list[dict]]:
+          ) -> tuple[dict, list[dict], pd.DataFrame]:
     """Run ``fit(job)`` on ``nproc`` local processes (``nnodes`` machines meeting at ``rdzv_endpoint``)
-    and return rank 0's (model checkpoint, history).
+    and return rank 0's (model checkpoint, history, pseudo-labels).
 
     A failure in any worker stops all of them and is raised here with the worker's own message.
     """
@@ -59,7 +60,7 @@ def train(job: TrainJob, nproc: int, nnodes: int = 1, rdzv_endpoint: str | None 
 
 
 @record
-def _worker(job: TrainJob) -> tuple[dict, list[dict]] | None:
+def _worker(job: TrainJob) -> tuple[dict, list[dict], pd.DataFrame] | None:
     """One DDP process: join the process group the launcher described in the environment, then train."""
     rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,

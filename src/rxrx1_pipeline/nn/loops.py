@@ -64,15 +64,22 @@ def optimiser(net: torch.nn.Module, settings: dict, steps_per_epoch: int):
 
 
 def run_epoch(step, norm, opt, sched, data, plates: torch.Tensor, views: torch.Generator, desc: str,
-              rank: int = 0, world: int = 1) -> tuple[float, float]:
+              rank: int = 0, world: int = 1, lines: torch.Tensor | None = None, augment: dict | None = None
+              ) -> tuple[float, float]:
     """One pass over this rank's share of the fit sites, each in its drawn dihedral view (bf16 autocast
-    on CUDA). ``step(x, labels)`` returns the margin logits; with ``world`` > 1 it is the DDP-wrapped model.
+    on CUDA). ``step(x, labels, lines, partner, lam)`` returns (margin logits, loss); with ``world`` > 1
+    it is the DDP-wrapped model. ``plates`` and ``lines`` (cell line per site, or None) are indexed by
+    dataset position. ``augment`` (``crop_min_area``, ``mixup``, ``cutmix``) adds random resized crops and
+    mixup / CutMix (:mod:`rxrx1_pipeline.nn.augment`).
 
     Returns mean loss and site accuracy over all ranks. A non-finite loss on any rank stops every rank
     (FloatingPointError) before the weights take that step.
     """
     import torch.distributed as dist
 
+    from rxrx1_pipeline.nn.augment import mix, resized_crop
+
+    augment = augment or {}
     dev = next(step.parameters()).device
     step.train()
     totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, seen
@@ -80,10 +87,12 @@ def run_epoch(step, norm, opt, sched, data, plates: torch.Tensor, views: torch.G
     for batch, (images, idx, labels) in enumerate(bar, start=1):
         x = norm(random_dihedral(images, views_of_step(views, len(images), rank, world)).to(dev, non_blocking=True),
                  plates[idx])
+        x = resized_crop(x, augment.get("crop_min_area", 1.0), views)
+        x, partner, lam = mix(x, augment.get("mixup", 0.0), augment.get("cutmix", 0.0), views)
         labels = labels.to(dev)
+        line = None if lines is None else lines[idx].to(dev)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            logits = step(x, labels).float()
-            loss = torch.nn.functional.cross_entropy(logits, labels)
+            logits, loss = step(x, labels, line, partner, lam)
         value = loss.item()
         finite = math.isfinite(value)
         if world > 1:  # every rank must stop together, or the others would wait in the all-reduce forever

@@ -41,10 +41,16 @@ class Normaliser(nn.Module):
 
 
 class EmbeddingNet(nn.Module):
-    """timm backbone -> embedding (linear + BN) -> margin cosine classifier or softmax."""
+    """timm backbone -> embedding (linear + BN) -> margin cosine classifier or softmax.
+
+    A model of several cell lines (``n_lines`` > 1) takes the cell line as an input: a learned vector per
+    cell line added to the backbone's features. Sites without a given line use ``own_line`` (the one
+    cell line a per-cell-line model predicts).
+    """
 
     def __init__(self, arch: str, n_classes: int, embedding_dim: int, head: str = "cosface",
-                 margin: float = 0.2, scale: float = 30.0, pretrained_weights: str | None = None):
+                 margin: float = 0.2, scale: float = 30.0, pretrained_weights: str | None = None,
+                 n_lines: int = 1, own_line: int = 0):
         super().__init__()
         if head not in ("cosface", "arcface", "softmax"):
             raise ValueError(f"head must be cosface, arcface or softmax, got {head!r}")
@@ -56,13 +62,22 @@ class EmbeddingNet(nn.Module):
         self.weight = nn.Parameter(torch.randn(n_classes, embedding_dim) * 0.01)
         self.bias = nn.Parameter(torch.zeros(n_classes)) if head == "softmax" else None
         self.head, self.margin, self.scale = head, margin, scale
+        self.line_embedding = nn.Embedding(n_lines, self.backbone.num_features) if n_lines > 1 else None
+        if self.line_embedding is not None:
+            nn.init.zeros_(self.line_embedding.weight)
+        self.own_line = own_line
 
     channels_last = False  # set by build_network: NHWC convolutions (faster on this CPU: benchmarks/throughput.py)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, line: torch.Tensor | None = None) -> torch.Tensor:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.embed(self.backbone(x))
+        features = self.backbone(x)
+        if self.line_embedding is not None:
+            if line is None:
+                line = torch.full((len(x),), self.own_line, dtype=torch.long, device=x.device)
+            features = features + self.line_embedding(line)
+        return self.embed(features)
 
     def logits(self, embedding: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Class logits; with labels (training) the margin is applied to the true class."""
@@ -109,10 +124,15 @@ def normaliser_from_stats(mode: str, plate_stats: pd.DataFrame) -> Normaliser:
 
 
 def build_network(settings: dict, n_classes: int, pretrained: bool = True) -> EmbeddingNet:
-    """The network a training-settings block describes (local pretrained weights only when asked)."""
+    """The network a training-settings block describes (local pretrained weights only when asked).
+
+    ``settings["cell_lines"]`` (a model of several cell lines) gives it the cell line as an input;
+    ``settings["cell_line"]`` is then the line it predicts by default."""
+    lines = settings.get("cell_lines") or []
+    own = lines.index(settings["cell_line"]) if settings.get("cell_line") in lines else 0
     net = EmbeddingNet(settings["arch"], n_classes, settings["embedding_dim"], settings["head"],
                        settings["margin"], settings["scale"],
-                       settings.get("pretrained_weights") if pretrained else None)
+                       settings.get("pretrained_weights") if pretrained else None, len(lines), own)
     if settings.get("channels_last"):
         net.channels_last = True
         net = net.to(memory_format=torch.channels_last)

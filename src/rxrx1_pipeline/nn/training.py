@@ -1,4 +1,5 @@
-"""The training loop of one cell line's model, in the Kedro process or in each of N DDP processes."""
+"""The training loop of one model (a cell line's, or the shared one), in the Kedro process or in each of
+N DDP processes."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import torch
 from rxrx1_pipeline.images import ImageStore
 from rxrx1_pipeline.nn import loops
 from rxrx1_pipeline.nn.checkpoints import CheckpointStore, model_checkpoint
-from rxrx1_pipeline.nn.data import StoreSites, fit_loader
+from rxrx1_pipeline.nn.data import FitBatches, StoreSites, fit_loader
+from rxrx1_pipeline.nn.pseudo import PseudoLabeller
 from rxrx1_pipeline.nn.network import build_network, normaliser_from_stats
 
 log = logging.getLogger(__name__)
@@ -22,60 +24,86 @@ log = logging.getLogger(__name__)
 class TrainJob:
     """Everything a training process needs (picklable: DDP workers are spawned processes)."""
 
-    cell_line: str
+    cell_line: str  # the label in logs ("shared" for the model of all cell lines)
     run_id: str  # fingerprint of settings, data and code; the checkpoint of another run is not resumed
     training: dict  # the training block, runtime settings included
     settings: dict  # the settings that define the model (saved with it)
-    fit: pd.DataFrame
+    fit: pd.DataFrame  # store_row, class_index, plate_index (and line_index for a model of several lines)
     valid: pd.DataFrame
-    store: ImageStore
+    store: ImageStore  # or a StoreChain of several cell lines' stores
     plate_stats: pd.DataFrame
     n_classes: int
     checkpoints: CheckpointStore
+    initial: dict | None = None  # weights to start from (fine-tuning the shared model), else the seed's init
+    pseudo: PseudoLabeller | None = None
 
 
 class TrainStep(torch.nn.Module):
-    """The network and its margin head as one module, so DDP sees every parameter in ``forward``."""
+    """The network and its margin head as one module, so DDP sees every parameter in ``forward``.
+
+    Returns the margin logits of the own labels and the loss; with mixed images (``partner``, ``lam``)
+    the loss is lam x the own labels' loss + (1 - lam) x the partners' (each with its margin)."""
 
     def __init__(self, net: torch.nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.net.logits(self.net(x).float(), labels)
+    def forward(self, x: torch.Tensor, labels: torch.Tensor, lines: torch.Tensor | None = None,
+                partner: torch.Tensor | None = None, lam: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        embedding = self.net(x, lines).float()
+        logits = self.net.logits(embedding, labels)
+        loss = torch.nn.functional.cross_entropy(logits, labels)
+        if partner is not None:
+            other = labels[partner]
+            loss = lam * loss + (1 - lam) * torch.nn.functional.cross_entropy(self.net.logits(embedding, other), other)
+        return logits, loss
 
 
 def fit(job: TrainJob, rank: int = 0, world: int = 1, dev: torch.device | None = None
-        ) -> tuple[dict, list[dict]] | None:
+        ) -> tuple[dict, list[dict], pd.DataFrame | None] | None:
     """Train (or resume) ``job`` as rank ``rank`` of ``world`` processes (1: no process group).
 
-    All ranks start from the same weights (the seed, or the checkpoint every rank reads) and see their
-    share of each global batch; DDP averages the gradients. Only rank 0 validates, writes checkpoints
-    and returns (model checkpoint, history rows); the other ranks return None.
+    All ranks start from the same weights (the seed's, ``job.initial``, or the checkpoint every rank
+    reads) and see their share of each global batch; DDP averages the gradients. With ``job.pseudo``,
+    rank 0 updates the pseudo-labels before each due epoch and every rank trains on them too. Only rank 0
+    validates, writes checkpoints and returns (model checkpoint, history rows, pseudo-labels or None); the
+    other ranks return None.
     """
     training, label = job.training, job.cell_line
     epochs, batch, workers, seed = training["epochs"], training["batch_size"], training["num_workers"], training["seed"]
+    by_plate = training.get("batches") == "per_plate"
     dev = dev or loops.device(training.get("device"))
     net = loops.seeded_network(lambda: build_network(job.settings, job.n_classes), seed).to(dev)
+    if job.initial is not None:
+        net.load_state_dict(job.initial)
     norm = normaliser_from_stats(training["normalization"], job.plate_stats)
-    data = fit_loader(StoreSites(job.store, job.fit["store_row"].to_numpy(), job.fit["class_index"].to_numpy()),
-                      batch, workers, seed, rank, world)
-    opt, sched = loops.optimiser(net, training, steps_per_epoch=len(data))
-    start, history = job.checkpoints.restore(job.run_id, net, opt, sched, label)
+    plates = job.fit["plate_index"].to_numpy()
+    steps = len(FitBatches(plates, batch, seed, rank, world, by_plate))
+    opt, sched = loops.optimiser(net, training, steps_per_epoch=steps)
+    start, history, extra = job.checkpoints.restore(job.run_id, net, opt, sched, label)
+    if job.pseudo is not None and "pseudo" in extra:
+        job.pseudo.restore(extra["pseudo"])
     if start >= epochs and rank == 0:
         log.info("%s: the checkpoint already holds all %d epochs of these settings and data; reusing it "
                  "(delete it to retrain)", label, start)
     step = TrainStep(net)
     if world > 1:
         step = torch.nn.parallel.DistributedDataParallel(step, device_ids=[dev.index] if dev.type == "cuda" else None)
-    fit_plates = torch.from_numpy(job.fit["plate_index"].to_numpy(copy=True))
     for epoch in range(start, epochs):
         t0 = time.perf_counter()
-        data.sampler.set_epoch(epoch)
+        if job.pseudo is not None and job.pseudo.due(epoch):
+            update_pseudo_labels(job, net, norm, epoch, rank, world)
+        sites = job.fit if job.pseudo is None else pd.concat([job.fit, job.pseudo.labelled_sites()], ignore_index=True)
+        data = fit_loader(StoreSites(job.store, sites["store_row"].to_numpy(), sites["class_index"].to_numpy()),
+                          sites["plate_index"].to_numpy(), batch, workers, seed, rank, world, by_plate, steps)
+        data.batch_sampler.set_epoch(epoch)
         views = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        lines = torch.from_numpy(sites["line_index"].to_numpy(copy=True)) if "line_index" in sites else None
         try:
-            loss, accuracy = loops.run_epoch(step, norm, opt, sched, data, fit_plates, views,
-                                             f"{label} epoch {epoch + 1}/{epochs}", rank, world)
+            loss, accuracy = loops.run_epoch(step, norm, opt, sched, data,
+                                             torch.from_numpy(sites["plate_index"].to_numpy(copy=True)), views,
+                                             f"{label} epoch {epoch + 1}/{epochs}", rank, world, lines,
+                                             training.get("augment"))
         except FloatingPointError as exc:
             raise FloatingPointError(f"{exc}; training stopped: the model is not saved and the last checkpoint "
                                      f"({job.checkpoints.path}) is untouched; lower training.lr or check the "
@@ -84,6 +112,8 @@ def fit(job: TrainJob, rank: int = 0, world: int = 1, dev: torch.device | None =
             continue
         row = {"epoch": epoch + 1, "loss": loss, "fit_accuracy": accuracy,
                "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
+        if job.pseudo is not None:
+            row["pseudo_labels"] = len(job.pseudo.labelled)
         every = training["validate_every"]
         if len(job.valid) and every and ((epoch + 1) % every == 0 or epoch + 1 == epochs):
             row["valid_site_accuracy"] = loops.site_accuracy(net, norm, job.store, job.valid, batch, workers)
@@ -92,7 +122,23 @@ def fit(job: TrainJob, rank: int = 0, world: int = 1, dev: torch.device | None =
                  row["loss"], row["fit_accuracy"],
                  f", valid site acc {row['valid_site_accuracy']:.3f}" if "valid_site_accuracy" in row else "",
                  row["seconds"])
-        job.checkpoints.save(job.run_id, epoch + 1, net, opt, sched, history)
+        pseudo = {} if job.pseudo is None else {"pseudo": job.pseudo.state()}
+        job.checkpoints.save(job.run_id, epoch + 1, net, opt, sched, history, pseudo)
     if rank:
         return None
-    return model_checkpoint(net, job.settings, job.n_classes), history
+    labelled = None if job.pseudo is None else job.pseudo.labelled
+    return model_checkpoint(net, job.settings, job.n_classes, job.run_id), history, labelled
+
+
+def update_pseudo_labels(job: TrainJob, net, norm, epoch: int, rank: int, world: int) -> None:
+    """Rank 0 predicts the candidate wells and adds pseudo-labels; every rank then holds the same ones."""
+    import torch.distributed as dist
+
+    if rank == 0:
+        embeddings = loops.embed_sites(net, norm, job.store, job.pseudo.sites, job.training["batch_size"],
+                                       job.training["num_workers"], tta=1)
+        job.pseudo.update(loops.class_logits(net, embeddings)[:, job.pseudo.class_index], epoch)
+    if world > 1:
+        shared = [job.pseudo.state()]
+        dist.broadcast_object_list(shared, src=0)
+        job.pseudo.restore(shared[0])

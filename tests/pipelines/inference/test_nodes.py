@@ -27,7 +27,7 @@ def test_per_well_averages_sites():
 def test_logits_follow_the_cached_logits_contract(tiny_data, prepared, tiny_training, tmp_path):
     wells = tiny_data[1]
     classes, model_sites, images, stats = prepared
-    checkpoint, _ = train_model(model_sites, images, stats, classes, CheckpointStore(tmp_path / "c.pt"),
+    checkpoint, _, _ = train_model(model_sites, images, stats, classes, CheckpointStore(tmp_path / "c.pt"),
                                 "HEPG2", {**tiny_training, "epochs": 1})
     valid_logits, test_logits, valid_emb, test_emb = predict_wells(
         checkpoint, model_sites, images, stats, classes, "HEPG2", TINY_INFERENCE)
@@ -87,7 +87,7 @@ def test_adapt_batchnorm_takes_the_statistics_of_the_given_sites(prepared):
 
 def test_batch_effect_corrections_keep_the_contract(prepared, tiny_training, tmp_path):
     classes, model_sites, images, stats = prepared
-    checkpoint, _ = train_model(model_sites, images, stats, classes, CheckpointStore(tmp_path / "c.pt"),
+    checkpoint, _, _ = train_model(model_sites, images, stats, classes, CheckpointStore(tmp_path / "c.pt"),
                                 "HEPG2", {**tiny_training, "epochs": 1})
     plain = predict_wells(checkpoint, model_sites, images, stats, classes, "HEPG2", TINY_INFERENCE)
     for change in ({"batchnorm": "per_plate"}, {"plate_centring": True}):

@@ -11,7 +11,7 @@ from rxrx1_pipeline.pipelines.plate_groups.nodes import (
     discover_sirna_groups,
     tabulate_plate_layouts,
 )
-from rxrx1_pipeline.pipelines.postprocess.kernels import (
+from rxrx1_pipeline.kernels import (
     LogitsError,
     assign_plate,
     row_argmax,

@@ -22,10 +22,13 @@ def history(offset: float) -> pd.DataFrame:
 
 
 def test_training_curves_overlay_every_cell_line():
-    fig = plot_training_curves(*(history(i / 10) for i in range(len(CELL_LINES))))
+    untrained = pd.DataFrame({"epoch": pd.Series(dtype="int64")})
+    fig = plot_training_curves(untrained, *(history(i / 10) for i in range(len(CELL_LINES))))
     names = [t.name for t in fig.data]
-    assert names.count("HEPG2") == 2 and [n for n in names[::2]] == list(CELL_LINES)
+    assert names.count("HEPG2") == 2 and [n for n in names[::2]] == list(CELL_LINES)  # no shared model trained
     assert list(fig.data[-1].y) == [0.4 + 0.3]  # validation points only where measured
+    fig = plot_training_curves(history(0.5), untrained, *(history(0) for _ in CELL_LINES[1:]))
+    assert [t.name for t in fig.data][::2] == ["shared", *CELL_LINES[1:]]  # HEPG2 used the shared model as it is
 
 
 def test_composite_maps_each_channel_to_its_colour():
@@ -45,7 +48,7 @@ class FakeSites:
 def test_report_is_one_self_contained_html_file():
     inputs, wells, _ = small_case()
     out = run_postprocess(inputs)
-    curves = plot_training_curves(*(history(0) for _ in CELL_LINES))
+    curves = plot_training_curves(*(history(0) for _ in ("shared", *CELL_LINES)))
     page = build_report(out["postprocess_metrics"], curves, out["postprocess_chart"], out["valid_plate_groups"],
                         out["test_plate_groups"], out["valid_predictions"], wells, build_sites(wells), FakeSites())
     assert page.startswith("<!doctype html>") and page.endswith("</html>")

@@ -44,22 +44,23 @@ class LinearStep(torch.nn.Module):
             self.linear.weight.copy_(torch.linspace(-0.1, 0.1, 5 * 96).reshape(5, 96))
             self.linear.bias.zero_()
 
-    def forward(self, x, labels):
-        return self.linear(x.flatten(1))
+    def forward(self, x, labels, lines=None, partner=None, lam=1.0):
+        logits = self.linear(x.flatten(1))
+        return logits, torch.nn.functional.cross_entropy(logits, labels)
 
 
 def _three_epochs(rank: int = 0, world: int = 1):
     from rxrx1_pipeline.nn.data import fit_loader
     from rxrx1_pipeline.nn.loops import run_epoch
 
-    data = fit_loader(Pictures(), 8, 0, seed=1, rank=rank, world=world)
+    data = fit_loader(Pictures(), np.zeros(40), 8, 0, seed=1, rank=rank, world=world)
     step = LinearStep()
     opt = torch.optim.SGD(step.parameters(), lr=0.05)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     model = torch.nn.parallel.DistributedDataParallel(step) if world > 1 else step
     curve = []
     for epoch in range(3):
-        data.sampler.set_epoch(epoch)
+        data.batch_sampler.set_epoch(epoch)
         views = torch.Generator().manual_seed(epoch)
         curve.append(run_epoch(model, lambda x, p: x.float() / 255, opt, sched, data, torch.zeros(40, dtype=torch.long),
                                views, "test", rank, world))
@@ -97,8 +98,8 @@ def _two(training: dict) -> dict:
 def test_two_processes_stay_close_to_one_at_the_same_global_batch(prepared, tmp_path):
     classes, model_sites, images, stats = prepared
     training = {**TINY_TRAINING, "epochs": 4, "batch_size": 64}  # 32 sites per process: BatchNorm stays stable
-    _, one = train_model(model_sites, images, stats, classes, CheckpointStore(tmp_path / "1.pt"), "HEPG2", training)
-    _, two = train_model(model_sites, images, stats, classes, CheckpointStore(tmp_path / "2.pt"), "HEPG2",
+    _, one, _ = train_model(model_sites, images, stats, classes, CheckpointStore(tmp_path / "1.pt"), "HEPG2", training)
+    _, two, _ = train_model(model_sites, images, stats, classes, CheckpointStore(tmp_path / "2.pt"), "HEPG2",
                          _two(training))
     print(pd.concat({"1 process": one, "2 processes": two}, axis=1).round(4).to_string())
     assert list(two["epoch"]) == [1, 2, 3, 4] and list(two["lr"]) == pytest.approx(list(one["lr"]))
@@ -130,9 +131,9 @@ def test_ddp_run_that_fails_mid_epoch_resumes(prepared, tmp_path):
         train_model(model_sites, FailingStore(images, per_process_epoch * 3 // 2), stats, classes, store, "HEPG2",
                     training)
     assert torch.load(tmp_path / "ddp.pt", weights_only=True)["epoch"] == 1  # rank 0's state after epoch 1
-    resumed, history = train_model(model_sites, images, stats, classes, store, "HEPG2", training)
+    resumed, history, _ = train_model(model_sites, images, stats, classes, store, "HEPG2", training)
     assert list(history["epoch"]) == [1, 2, 3]
-    uninterrupted, _ = train_model(model_sites, images, stats, classes, CheckpointStore(tmp_path / "clean.pt"),
+    uninterrupted, _, _ = train_model(model_sites, images, stats, classes, CheckpointStore(tmp_path / "clean.pt"),
                                    "HEPG2", training)
     for key, value in uninterrupted["state_dict"].items():
         torch.testing.assert_close(resumed["state_dict"][key], value, msg=key)
@@ -145,7 +146,7 @@ def test_trainings_in_parallel_threads_equal_sequential_ones(prepared, tmp_path)
     classes, model_sites, images, stats = prepared
 
     def train(seed: int, folder: str):
-        model, _ = train_model(model_sites, images, stats, classes, CheckpointStore(tmp_path / folder / f"{seed}.pt"),
+        model, _, _ = train_model(model_sites, images, stats, classes, CheckpointStore(tmp_path / folder / f"{seed}.pt"),
                                "HEPG2", {**TINY_TRAINING, "seed": seed, "validate_every": 0})
         return model["state_dict"]
 

@@ -64,7 +64,7 @@ class CrashingStore(CheckpointStore):
 def test_interrupted_training_resumes_from_last_checkpoint(prepared, tiny_training, tmp_path, caplog):
     classes, model_sites, images, stats = prepared
     args = (model_sites, images, stats, classes)
-    uninterrupted, history = train_model(*args, CheckpointStore(tmp_path / "a.pt"), "HEPG2", tiny_training)
+    uninterrupted, history, _ = train_model(*args, CheckpointStore(tmp_path / "a.pt"), "HEPG2", tiny_training)
     assert list(history["epoch"]) == [1, 2]
     assert {"loss", "fit_accuracy", "valid_site_accuracy", "lr", "seconds"} <= set(history.columns)
     assert uninterrupted["settings"]["image_size"] == 16 and "num_workers" not in uninterrupted["settings"]
@@ -73,7 +73,7 @@ def test_interrupted_training_resumes_from_last_checkpoint(prepared, tiny_traini
         train_model(*args, CrashingStore(tmp_path / "b.pt"), "HEPG2", tiny_training)
     assert torch.load(tmp_path / "b.pt", weights_only=True)["epoch"] == 1
     with caplog.at_level(logging.INFO):
-        resumed, resumed_history = train_model(*args, CheckpointStore(tmp_path / "b.pt"), "HEPG2", tiny_training)
+        resumed, resumed_history, _ = train_model(*args, CheckpointStore(tmp_path / "b.pt"), "HEPG2", tiny_training)
     assert "HEPG2: resuming from the checkpoint after epoch 1" in caplog.text
     assert list(resumed_history["epoch"]) == [1, 2]
     for key, value in uninterrupted["state_dict"].items():
@@ -93,8 +93,8 @@ def test_interrupted_training_resumes_from_last_checkpoint(prepared, tiny_traini
 def test_validation_passes_do_not_change_training(prepared, tiny_training, tmp_path):
     classes, model_sites, images, stats = prepared
     args = (model_sites, images, stats, classes)
-    reference, _ = train_model(*args, CheckpointStore(tmp_path / "a.pt"), "HEPG2", tiny_training)
-    other, _ = train_model(*args, CheckpointStore(tmp_path / "b.pt"), "HEPG2", {**tiny_training, "validate_every": 0})
+    reference, _, _ = train_model(*args, CheckpointStore(tmp_path / "a.pt"), "HEPG2", tiny_training)
+    other, _, _ = train_model(*args, CheckpointStore(tmp_path / "b.pt"), "HEPG2", {**tiny_training, "validate_every": 0})
     for key, value in reference["state_dict"].items():
         torch.testing.assert_close(other["state_dict"][key], value, msg=key)
 
@@ -106,8 +106,9 @@ def test_loader_workers_read_the_same_batches(prepared, tiny_training):
     _, model_sites, images, _ = prepared
     batches = []
     for workers in (0, 2):
-        data = fit_loader(StoreSites(images, model_sites["store_row"].to_numpy()), 16, workers, seed=1)
-        data.sampler.set_epoch(2)
+        data = fit_loader(StoreSites(images, model_sites["store_row"].to_numpy()), model_sites["plate_index"].to_numpy(),
+                          16, workers, seed=1)
+        data.batch_sampler.set_epoch(2)
         batches.append(list(data))
     for (x0, idx0, _), (x2, idx2, _) in zip(*batches, strict=True):
         assert torch.equal(idx0, idx2) and torch.equal(x0, x2)

@@ -14,7 +14,7 @@ from scipy.optimize import minimize_scalar
 
 from rxrx1_pipeline.plates import layout_columns, layout_long, layout_matrix
 
-from .kernels import (
+from rxrx1_pipeline.kernels import (
     LogitsError,
     assign_per_plate,
     group_log_probs,

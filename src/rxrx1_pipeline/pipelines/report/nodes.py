@@ -21,13 +21,17 @@ CHANNEL_RGB = np.array([[19, 0, 249], [42, 255, 31], [255, 0, 25], [45, 255, 252
                        dtype=np.float64) / 255
 
 
-def plot_training_curves(*histories: pd.DataFrame):
-    """Loss and validation site accuracy per epoch, every cell line overlaid (one colour each)."""
+def plot_training_curves(shared_history: pd.DataFrame, *histories: pd.DataFrame):
+    """Loss and validation site accuracy per epoch, the shared model and every cell line's overlaid (one colour
+    each); a model not trained in this recipe (an empty history) is left out."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     fig = make_subplots(rows=1, cols=2, subplot_titles=("fit loss", "validation site accuracy"))
-    for cell_line, history, colour in zip(CELL_LINES, histories, ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728")):
+    names, colours = ("shared", *CELL_LINES), ("#7f7f7f", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728")
+    for cell_line, history, colour in zip(names, (shared_history, *histories), colours):
+        if history.empty:
+            continue
         fig.add_trace(go.Scatter(x=history["epoch"], y=history["loss"], name=cell_line, legendgroup=cell_line,
                                  line={"color": colour}), row=1, col=1)
         if "valid_site_accuracy" in history:

@@ -9,7 +9,7 @@ from .nodes import build_report, plot_training_curves
 
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline([
-        Node(plot_training_curves, [f"{cl}.history" for cl in CELL_LINES], "training_curves",
+        Node(plot_training_curves, ["shared_history", *[f"{cl}.history" for cl in CELL_LINES]], "training_curves",
              name="plot_training_curves"),
         Node(build_report, ["postprocess_metrics", "training_curves", "postprocess_chart", "valid_plate_groups",
                             "test_plate_groups", "valid_predictions", "wells", "sites", "raw_site_images"],

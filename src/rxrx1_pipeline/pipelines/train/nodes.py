@@ -1,4 +1,5 @@
-"""Per-cell-line embedding training: splits, the decode-once image store, plate statistics, training, curves."""
+"""Embedding training: per cell line (splits, the decode-once image store, plate statistics, the model),
+and one shared model over every cell line that per-cell-line models may start from."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from rxrx1_pipeline.images import (
     DecodeJob,
     ImageStore,
     PngSites,
+    StoreChain,
 )
 
 log = logging.getLogger(__name__)
@@ -20,6 +22,8 @@ log = logging.getLogger(__name__)
 # Settings that do not change the trained model, left out of its fingerprint and checkpoint (a run may
 # resume on another device or number of processes: the global batch, and so the recipe, is the same).
 RUNTIME_ONLY = ("num_workers", "device", "distributed")
+# Settings that define the network: a model fine-tuned from the shared one must have the shared one's.
+NETWORK = ("arch", "image_size", "embedding_dim", "head", "margin", "scale", "normalization", "channels_last")
 
 
 def select_sites(wells: pd.DataFrame, sites: pd.DataFrame, classes: pd.DataFrame, cell_line: str,
@@ -102,17 +106,23 @@ def sites_to_fit(model_sites: pd.DataFrame, controls: str, final_fit: bool = Fal
 
 
 def train_model(model_sites: pd.DataFrame, site_images: ImageStore, plate_stats: pd.DataFrame,
-                classes: pd.DataFrame, checkpoints, cell_line: str, training: dict
-                ) -> tuple[dict, pd.DataFrame]:
-    """Train the embedding model on the fit sites, resuming from the last checkpoint of the same setup;
-    in this process, or on ``training.distributed.nproc_per_node`` DDP processes.
+                classes: pd.DataFrame, checkpoints, cell_line: str, training: dict, shared_model: dict | None = None,
+                sirna_groups: pd.DataFrame | None = None, plate_layouts: pd.DataFrame | None = None
+                ) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+    """Train the cell line's embedding model on the fit sites, resuming from the last checkpoint of the same
+    setup; in this process, or on ``training.distributed.nproc_per_node`` DDP processes.
 
-    ``training.controls`` chooses which control wells are fitted (:func:`sites_to_fit`).
+    ``training.controls`` chooses which control wells are fitted (:func:`sites_to_fit`). With ``training.init:
+    shared`` the model starts from ``shared_model`` (trained on every cell line) and is fine-tuned for
+    ``epochs`` epochs (0: the shared model as it is). ``training.pseudo_labels.start_epoch`` > 0 adds
+    pseudo-labelled validation and test wells from that epoch on (``nn/pseudo.py``; needs ``sirna_groups``
+    and ``plate_layouts``).
 
-    Returns the trained model (settings + weights) and the per-epoch history.
+    Returns the trained model (settings + weights), the per-epoch history and the pseudo-labels
+    (id_code, class_index, sirna, epoch added).
     """
-    from rxrx1_pipeline.nn import distributed, loops
-    from rxrx1_pipeline.nn.training import TrainJob, fit
+    from rxrx1_pipeline.nn.pseudo import PseudoLabeller
+    from rxrx1_pipeline.nn.training import TrainJob
 
     fit_sites = sites_to_fit(model_sites, training["controls"], training["final_fit"])
     if training["final_fit"]:
@@ -120,19 +130,89 @@ def train_model(model_sites: pd.DataFrame, site_images: ImageStore, plate_stats:
                     "longer a validation", cell_line)
     valid = model_sites[(model_sites["role"] == "valid") & (model_sites["well_type"] == "treatment")]
     settings = {k: v for k, v in training.items() if k not in RUNTIME_ONLY}
-    if training["epochs"] < 1:
+    initial, start = None, {}
+    if training.get("init", "scratch") == "shared":
+        if not shared_model:
+            raise ValueError(f"{cell_line}: training.init is 'shared' but no shared model was trained (set "
+                             "shared_training.epochs >= 1)")
+        differ = [k for k in NETWORK if settings.get(k) != shared_model["settings"].get(k)]
+        if differ:
+            raise ValueError(f"{cell_line}: training.init is 'shared' but {', '.join(differ)} differ from "
+                             "shared_training; a fine-tuned model keeps the shared model's network")
+        settings = {**settings, "cell_lines": shared_model["settings"]["cell_lines"], "cell_line": cell_line}
+        initial, start = shared_model["state_dict"], {"shared": shared_model["run_id"]}
+        if training["epochs"] == 0:
+            log.info("%s: using the shared model of %s as it is (epochs 0)", cell_line,
+                     ", ".join(settings["cell_lines"]))
+            model = {**shared_model, "settings": settings}
+            return model, pd.DataFrame({"epoch": pd.Series(dtype="int64")}), no_pseudo_labels()
+    elif training["epochs"] < 1:
         raise ValueError(f"{cell_line}: training.epochs must be >= 1, got {training['epochs']}")
+    pseudo = None
+    if training.get("pseudo_labels", {}).get("start_epoch", 0):
+        candidates = model_sites[(model_sites["well_type"] == "treatment") & ~model_sites.index.isin(fit_sites.index)
+                                 & model_sites["role"].isin(["valid", "test"])]
+        options = training["pseudo_labels"]
+        pseudo = PseudoLabeller(candidates, classes, sirna_groups, plate_layouts, options["start_epoch"],
+                                options["final_share"], training["epochs"])
+    return _train(TrainJob(cell_line, "", training, settings, fit_sites, valid, site_images, plate_stats,
+                           len(classes), checkpoints, initial, pseudo), start)
+
+
+def train_shared_model(classes: pd.DataFrame, checkpoints, training: dict, *per_line: pd.DataFrame | ImageStore
+                       ) -> tuple[dict, pd.DataFrame]:
+    """One model over every cell line, with the cell line as an input (``per_line``: each line's model_sites,
+    site_images and plate_stats in turn). Each line's held-out experiments stay held out; ``training``
+    (``shared_training``) sets the recipe; ``epochs`` 0 trains nothing (returns an empty model).
+
+    Returns the model and its per-epoch history.
+    """
+    from rxrx1_pipeline.nn.training import TrainJob
+
+    empty = pd.DataFrame({"epoch": pd.Series(dtype="int64")})
+    if training["epochs"] == 0:
+        log.info("shared model: not trained (shared_training.epochs is 0)")
+        return {}, empty
+    triples = [per_line[i:i + 3] for i in range(0, len(per_line), 3)]
+    lines = [str(sites.loc[sites.index[0], "cell_line"]) for sites, _, _ in triples]
+    store = StoreChain([images for _, images, _ in triples])
+    fits, valids, stats = [], [], []
+    plate_offset = 0
+    for k, (sites, _, plate_stats) in enumerate(triples):
+        sites = sites.assign(store_row=sites["store_row"] + store.offsets[k],
+                             plate_index=sites["plate_index"] + plate_offset, line_index=k)
+        fits.append(sites_to_fit(sites, training["controls"], training["final_fit"]))
+        valids.append(sites[(sites["role"] == "valid") & (sites["well_type"] == "treatment")])
+        stats.append(plate_stats.assign(plate_index=plate_stats["plate_index"] + plate_offset))
+        plate_offset += len(plate_stats)
+    settings = {k: v for k, v in training.items() if k not in RUNTIME_ONLY} | {"cell_lines": lines}
+    job = TrainJob("shared", "", training, settings, pd.concat(fits, ignore_index=True),
+                   pd.concat(valids, ignore_index=True), store, pd.concat(stats, ignore_index=True), len(classes),
+                   checkpoints)
+    model, history, _ = _train(job, {})
+    return model, history
+
+
+def _train(job, start: dict) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+    """Fingerprint the job (``start``: what it starts from), then train it here or on DDP processes."""
+    from rxrx1_pipeline.nn import distributed, loops
+    from rxrx1_pipeline.nn.training import fit
+
     # Everything that changes the trained model: settings, fit wells and their labels, the pixels (the
-    # store's identity covers the source folder, image size and a fingerprint of the files), the code.
-    run_id = loops.fingerprint({"settings": settings, "fit": fit_sites["id_code"].tolist(),
-                                "labels": fit_sites["class_index"].tolist(), "classes": len(classes),
-                                "images": site_images.job, "code": loops.code_version()})
-    job = TrainJob(cell_line, run_id, training, settings, fit_sites, valid, site_images, plate_stats,
-                   len(classes), checkpoints)
-    spread = training.get("distributed") or {}
+    # store's identity covers the source folder, image size and a fingerprint of the files), the code,
+    # the weights it starts from.
+    job.run_id = loops.fingerprint({"settings": job.settings, "fit": job.fit["id_code"].tolist(),
+                                    "labels": job.fit["class_index"].tolist(), "classes": job.n_classes,
+                                    "images": job.store.job, "code": loops.code_version(), **start})
+    spread = job.training.get("distributed") or {}
     nproc, nnodes = distributed.processes(spread.get("nproc_per_node", 1)), spread.get("nnodes", 1)
     if nproc == 1 and nnodes == 1:
-        model, history = fit(job)
+        model, history, labelled = fit(job)
     else:
-        model, history = distributed.train(job, nproc, nnodes, spread.get("rdzv_endpoint"))
-    return model, pd.DataFrame(history)
+        model, history, labelled = distributed.train(job, nproc, nnodes, spread.get("rdzv_endpoint"))
+    return model, pd.DataFrame(history), no_pseudo_labels() if labelled is None else labelled
+
+
+def no_pseudo_labels() -> pd.DataFrame:
+    return pd.DataFrame({"id_code": pd.Series(dtype="object"), "class_index": pd.Series(dtype="int64"),
+                         "sirna": pd.Series(dtype="int64"), "epoch": pd.Series(dtype="int64")})

@@ -1,6 +1,7 @@
 """Numpy kernels of the plate-aware post-processing: layout scores, group masking, temperature,
 Sinkhorn normalisation and the per-plate balanced assignment. Arrays in, arrays out; the pandas
-nodes in ``nodes.py`` line tables up and call these.
+nodes of the postprocess pipeline line tables up and call these, and so does pseudo-labelling during
+training (``nn/pseudo.py``).
 """
 
 import numpy as np
