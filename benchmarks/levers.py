@@ -62,8 +62,8 @@ def pseudo_label_errors(catalog, truth):
 
     from rxrx1_pipeline.plates import CELL_LINES
 
-    labels = pd.concat([catalog.load(f"{cl}.pseudo_labels") for cl in CELL_LINES if catalog.exists(f"{cl}.pseudo_labels")],
-                       ignore_index=True)
+    names = [f"{cl}.pseudo_labels" for cl in CELL_LINES]
+    labels = pd.concat([catalog.load(name) for name in names if catalog.exists(name)], ignore_index=True)
     if labels.empty:
         return labels
     labels = labels.merge(truth[["id_code", "sirna"]].rename(columns={"sirna": "true"}), on="id_code")

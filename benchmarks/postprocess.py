@@ -27,13 +27,13 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from rxrx1_pipeline import kernels  # noqa: E402
 from rxrx1_pipeline.pipelines.ingest.nodes import build_wells  # noqa: E402
 from rxrx1_pipeline.pipelines.plate_groups.nodes import (  # noqa: E402
     assign_train_plate_groups,
     discover_sirna_groups,
     tabulate_plate_layouts,
 )
-from rxrx1_pipeline import kernels  # noqa: E402
 from rxrx1_pipeline.pipelines.postprocess import nodes as pp  # noqa: E402
 from rxrx1_pipeline.plates import layout_matrix  # noqa: E402
 

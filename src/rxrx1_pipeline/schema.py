@@ -154,6 +154,7 @@ class CellLine(Strict):
 
 class Inference(Strict):
     tta: Annotated[int, Field(ge=1, le=8)]
+    sites: Literal["mean", "sum"] = "mean"
     batch_size: PositiveInt
     num_workers: NonNegativeInt
     batchnorm: Literal["trained", "per_plate"]

@@ -117,9 +117,11 @@ def run_epoch(step, norm, opt, sched, data, plates: torch.Tensor, views: torch.G
 
 def embed_sites(net, norm, store: ImageStore, sites: pd.DataFrame, batch_size: int, workers: int,
                 tta: int) -> np.ndarray:
-    """The embedding of each site row of ``sites``, averaged over ``tta`` dihedral views."""
+    """The embedding of each site row of ``sites``, averaged over ``tta`` dihedral views (a ``line_index``
+    column gives a model of several cell lines each site's line; else its own line)."""
     dev = next(net.parameters()).device
     plates = torch.from_numpy(sites["plate_index"].to_numpy(copy=True))
+    lines = torch.from_numpy(sites["line_index"].to_numpy(copy=True)) if "line_index" in sites else None
     data = loader(StoreSites(store, sites["store_row"].to_numpy()), batch_size, workers)
     embeddings = []
     was_training = net.training
@@ -128,7 +130,9 @@ def embed_sites(net, norm, store: ImageStore, sites: pd.DataFrame, batch_size: i
         for images, idx, _ in tqdm(data, desc="embedding sites", unit="batch", leave=False, mininterval=1,
                                    disable=None):
             x = norm(images.to(dev), plates[idx])
-            embeddings.append(torch.stack([net(dihedral(x, k)).float() for k in range(tta)]).mean(0).cpu().numpy())
+            line = None if lines is None else lines[idx].to(dev)
+            views = torch.stack([net(dihedral(x, k), line).float() for k in range(tta)])
+            embeddings.append(views.mean(0).cpu().numpy())
     net.train(was_training)
     return np.concatenate(embeddings)
 

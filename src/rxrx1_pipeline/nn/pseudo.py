@@ -107,7 +107,8 @@ class PseudoLabeller:
         return {"labelled": self.labelled.to_dict("list"), "layout_of": dict(self.layout_of)}
 
     def restore(self, state: dict) -> None:
-        self.labelled = pd.DataFrame(state["labelled"], columns=COLUMNS).astype({"id_code": object} | {c: "int64" for c in COLUMNS[1:]})
+        types = {"id_code": object} | {c: "int64" for c in COLUMNS[1:]}
+        self.labelled = pd.DataFrame(state["labelled"], columns=COLUMNS).astype(types)
         self.layout_of = dict(state["layout_of"])
 
     def labelled_sites(self) -> pd.DataFrame:

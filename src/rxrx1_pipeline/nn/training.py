@@ -14,8 +14,8 @@ from rxrx1_pipeline.images import ImageStore
 from rxrx1_pipeline.nn import loops
 from rxrx1_pipeline.nn.checkpoints import CheckpointStore, model_checkpoint
 from rxrx1_pipeline.nn.data import FitBatches, StoreSites, fit_loader
-from rxrx1_pipeline.nn.pseudo import PseudoLabeller
 from rxrx1_pipeline.nn.network import build_network, normaliser_from_stats
+from rxrx1_pipeline.nn.pseudo import PseudoLabeller
 
 log = logging.getLogger(__name__)
 

@@ -22,6 +22,8 @@ def test_per_well_averages_sites():
     assert list(out["id_code"]) == ["a", "b"]
     np.testing.assert_allclose(out[["0", "7"]].to_numpy(), [[5.0, 6.0], [3.0, 4.0]])
     assert (out.dtypes.iloc[1:] == np.float32).all()
+    summed = per_well(codes, values, ["0", "7"], how="sum")
+    np.testing.assert_allclose(summed[["0", "7"]].to_numpy(), [[10.0, 12.0], [6.0, 8.0]])
 
 
 def test_logits_follow_the_cached_logits_contract(tiny_data, prepared, tiny_training, tmp_path):

@@ -6,15 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rxrx1_pipeline.pipelines.plate_groups.nodes import (
-    assign_train_plate_groups,
-    discover_sirna_groups,
-    tabulate_plate_layouts,
-)
 from rxrx1_pipeline.kernels import (
     LogitsError,
     assign_plate,
     row_argmax,
+)
+from rxrx1_pipeline.pipelines.plate_groups.nodes import (
+    assign_train_plate_groups,
+    discover_sirna_groups,
+    tabulate_plate_layouts,
 )
 from rxrx1_pipeline.pipelines.postprocess.nodes import (
     assign_wells,

@@ -146,8 +146,9 @@ def test_trainings_in_parallel_threads_equal_sequential_ones(prepared, tmp_path)
     classes, model_sites, images, stats = prepared
 
     def train(seed: int, folder: str):
-        model, _, _ = train_model(model_sites, images, stats, classes, CheckpointStore(tmp_path / folder / f"{seed}.pt"),
-                               "HEPG2", {**TINY_TRAINING, "seed": seed, "validate_every": 0})
+        store = CheckpointStore(tmp_path / folder / f"{seed}.pt")
+        model, _, _ = train_model(model_sites, images, stats, classes, store, "HEPG2",
+                                  {**TINY_TRAINING, "seed": seed, "validate_every": 0})
         return model["state_dict"]
 
     sequential = [train(seed, "sequential") for seed in (0, 1)]

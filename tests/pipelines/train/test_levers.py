@@ -102,7 +102,8 @@ def test_starting_from_an_untrained_shared_model_is_refused_before_running(tiny_
 def _labeller(n_plates: int = 2, per_plate: int = 4, share: float = 1.0) -> PseudoLabeller:
     """Candidates of one experiment whose plate p holds group p - 1; 2 groups of 4 siRNAs, 1 site per well."""
     wells = pd.DataFrame([{"id_code": f"E-1_{p}_W{w}", "experiment": "E-1", "plate": p, "plate_index": p - 1,
-                           "store_row": (p - 1) * per_plate + w} for p in range(1, n_plates + 1) for w in range(per_plate)])
+                           "store_row": (p - 1) * per_plate + w}
+                          for p in range(1, n_plates + 1) for w in range(per_plate)])
     classes = pd.DataFrame({"sirna": range(9), "class_index": range(9), "well_type": ["treatment"] * 8 + ["negative"]})
     groups = pd.DataFrame({"sirna": range(8), "group": [0] * 4 + [1] * 4})
     layouts = pd.DataFrame({"layout": [0, 1], "plate_1": [0, 1], "plate_2": [1, 0]})

@@ -94,7 +94,8 @@ def test_validation_passes_do_not_change_training(prepared, tiny_training, tmp_p
     classes, model_sites, images, stats = prepared
     args = (model_sites, images, stats, classes)
     reference, _, _ = train_model(*args, CheckpointStore(tmp_path / "a.pt"), "HEPG2", tiny_training)
-    other, _, _ = train_model(*args, CheckpointStore(tmp_path / "b.pt"), "HEPG2", {**tiny_training, "validate_every": 0})
+    other, _, _ = train_model(*args, CheckpointStore(tmp_path / "b.pt"), "HEPG2",
+                              {**tiny_training, "validate_every": 0})
     for key, value in reference["state_dict"].items():
         torch.testing.assert_close(other["state_dict"][key], value, msg=key)
 
@@ -106,8 +107,8 @@ def test_loader_workers_read_the_same_batches(prepared, tiny_training):
     _, model_sites, images, _ = prepared
     batches = []
     for workers in (0, 2):
-        data = fit_loader(StoreSites(images, model_sites["store_row"].to_numpy()), model_sites["plate_index"].to_numpy(),
-                          16, workers, seed=1)
+        data = fit_loader(StoreSites(images, model_sites["store_row"].to_numpy()),
+                          model_sites["plate_index"].to_numpy(), 16, workers, seed=1)
         data.batch_sampler.set_epoch(2)
         batches.append(list(data))
     for (x0, idx0, _), (x2, idx2, _) in zip(*batches, strict=True):

@@ -21,7 +21,8 @@ def predict_wells(model: dict, model_sites: pd.DataFrame, site_images: ImageStor
     ``inference`` sets how it runs (TTA views, batch size, loader workers) and two batch-effect
     corrections: ``batchnorm: per_plate`` re-estimates the BatchNorm statistics on each plate's own
     sites (all of them, controls included) before embedding that plate; ``plate_centring`` moves each
-    plate's mean embedding onto the mean of all plates before the head. Logits keep only the treatment
+    plate's mean embedding onto the mean of all plates before the head. ``sites``: a well's logits are the
+    mean or the sum of its sites' (a well with one site left then weighs half). Logits keep only the treatment
     classes, one float32 column per siRNA id: the cached-logits contract of post-processing.
     """
     from rxrx1_pipeline.nn.checkpoints import load_model
@@ -55,7 +56,7 @@ def predict_wells(model: dict, model_sites: pd.DataFrame, site_images: ImageStor
         if inference["plate_centring"]:
             emb = centre_plates(emb, sites["plate_index"].to_numpy())
         logits = class_logits(net, emb)[:, treatment["class_index"].to_numpy()]
-        outputs.append(per_well(sites["id_code"], logits, columns))
+        outputs.append(per_well(sites["id_code"], logits, columns, inference.get("sites", "mean")))
         outputs.append(per_well(sites["id_code"], emb, [f"e{i}" for i in range(emb.shape[1])]))
         log.info("%s: %s logits for %d wells from %d sites", cell_line, role, outputs[-1].shape[0], len(sites))
     valid_logits, valid_emb, test_logits, test_emb = outputs
@@ -72,13 +73,13 @@ def centre_plates(embeddings: np.ndarray, plates: np.ndarray) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def per_well(id_codes: pd.Series, values: np.ndarray, columns: list[str]) -> pd.DataFrame:
-    """Average site rows into one float32 row per well: ``id_code`` then ``columns``."""
+def per_well(id_codes: pd.Series, values: np.ndarray, columns: list[str], how: str = "mean") -> pd.DataFrame:
+    """Average (``how`` mean) or sum the site rows into one float32 row per well: ``id_code`` then ``columns``."""
     codes, inverse = np.unique(id_codes.to_numpy(), return_inverse=True)
     sums = np.zeros((len(codes), values.shape[1]))
     np.add.at(sums, inverse, values)
-    mean = (sums / np.bincount(inverse)[:, None]).astype(np.float32)
-    frame = pd.DataFrame(mean, columns=columns)
+    combined = (sums / np.bincount(inverse)[:, None] if how == "mean" else sums).astype(np.float32)
+    frame = pd.DataFrame(combined, columns=columns)
     frame.insert(0, "id_code", codes)
     return frame
 

@@ -12,8 +12,6 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import minimize_scalar
 
-from rxrx1_pipeline.plates import layout_columns, layout_long, layout_matrix
-
 from rxrx1_pipeline.kernels import (
     LogitsError,
     assign_per_plate,
@@ -23,6 +21,7 @@ from rxrx1_pipeline.kernels import (
     score_layouts,
     within_group_nll,
 )
+from rxrx1_pipeline.plates import layout_columns, layout_long, layout_matrix
 
 log = logging.getLogger(__name__)
 
