@@ -78,14 +78,16 @@ def copy_project(dst: Path) -> Path:
 
 def shrink_project(project: Path) -> dict:
     """Rewrite a project copy's parameters for a tiny, fast run (TINY_SYNTHETIC, TINY_TRAINING for every
-    cell line); returns the synthetic parameters."""
+    cell line and the shared model when it is trained); returns the synthetic parameters."""
     conf = project / "conf" / "base"
     synthetic = yaml.safe_load((conf / "parameters_synthetic.yml").read_text())
     synthetic["synthetic"].update(TINY_SYNTHETIC)
     (conf / "parameters_synthetic.yml").write_text(yaml.safe_dump(synthetic))
     train = yaml.safe_load((conf / "parameters_train.yml").read_text())
     for key, block in train.items():
-        if not key.startswith("_"):
+        if key == "shared_training":
+            block.update(TINY_TRAINING if block["epochs"] else {})
+        elif not key.startswith("_"):
             block["training"] = {**block["training"], **TINY_TRAINING}
     (conf / "parameters_train.yml").write_text(yaml.safe_dump(train))
     return synthetic["synthetic"]

@@ -16,6 +16,10 @@ from rxrx1_pipeline.pipelines import (
 
 # Cross-namespace nodes read e.g. "HUVEC.test_logits"; kedro warns once per process about the dot.
 warnings.filterwarnings("ignore", message="One or more dataset names contain", category=UserWarning)
+# The shared model of every cell line reads each line's image store and feeds each line's fine-tuning, so
+# a path leaves a cell line's namespace and comes back: kedro 1.x warns that the namespace is
+# "interrupted" (it could not be deployed as one unit). Runs, `--namespaces` and kedro viz are unaffected.
+warnings.filterwarnings("ignore", message="Namespace '.*' is interrupted by nodes", category=UserWarning)
 
 
 def register_pipelines() -> dict[str, Pipeline]:

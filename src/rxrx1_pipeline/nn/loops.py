@@ -42,9 +42,11 @@ def fingerprint(obj) -> str:
 
 
 def code_version() -> str:
-    """Fingerprint of the training code (the nn package and the train nodes), part of a run's identity."""
+    """Fingerprint of the training code (the nn package, the train nodes and the kernels pseudo-labelling
+    uses), part of a run's identity."""
     package = Path(__file__).resolve().parents[1]
-    files = sorted((package / "nn").glob("*.py")) + [package / "pipelines" / "train" / "nodes.py"]
+    files = sorted((package / "nn").glob("*.py")) + [package / "pipelines" / "train" / "nodes.py",
+                                                     package / "kernels.py"]
     return hashlib.sha1(b"".join(f.read_bytes() for f in files)).hexdigest()[:16]
 
 
