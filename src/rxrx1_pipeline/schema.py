@@ -214,8 +214,9 @@ def validate_parameters(parameters: dict[str, Any], blocks: set[str] | None = No
         except ValidationError as exc:
             for error in exc.errors():
                 key = ".".join([block, *(str(p) for p in error["loc"])])
-                value = error.get("input")
-                problems.append(f"{key} = {value!r}: {error['msg'].removeprefix('Value error, ')}")
+                value, message = error.get("input"), error["msg"].removeprefix("Value error, ")
+                # a check across a whole block names the block, not all of its values
+                problems.append(f"{key}: {message}" if isinstance(value, dict) else f"{key} = {value!r}: {message}")
     chosen = blocks if blocks is not None else BLOCKS
     final = sorted(cl for cl in CELL_LINES if cl in chosen and isinstance(parameters.get(cl), dict)
                    and parameters[cl].get("training", {}).get("final_fit"))
