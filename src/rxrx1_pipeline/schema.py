@@ -112,11 +112,11 @@ class Training(Strict):
     augment: Augment = Augment()
     pseudo_labels: PseudoLabels = PseudoLabels()
 
-    zero_epochs: ClassVar[str] = "init: shared"  # when 0 epochs are allowed
+    zero_epochs_allowed: ClassVar[bool] = False  # besides with init shared
 
     @model_validator(mode="after")
     def _epochs(self):
-        if self.epochs == 0 and self.init != "shared" and self.zero_epochs == "init: shared":
+        if self.epochs == 0 and self.init != "shared" and not self.zero_epochs_allowed:
             raise ValueError("epochs must be >= 1 (0 only with init: shared, to use the shared model as it is)")
         if self.pseudo_labels.start_epoch > self.epochs:
             raise ValueError(f"pseudo_labels.start_epoch {self.pseudo_labels.start_epoch} is after the last "
@@ -144,7 +144,7 @@ class SharedTraining(Training):
             raise ValueError("the shared model starts from scratch (init: scratch) and has no pseudo-labels")
         return self
 
-    zero_epochs: ClassVar[str] = "always (no shared model)"
+    zero_epochs_allowed: ClassVar[bool] = True  # 0 epochs: no shared model
 
 
 class CellLine(Strict):
