@@ -12,6 +12,15 @@ class LogitsError(ValueError):
     """The cached logits do not match the wells or siRNA groups."""
 
 
+def combine_rows(keys: np.ndarray, values: np.ndarray, how: str = "mean") -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ``values`` sharing a key (e.g. a well's sites) combined into one: (sorted unique keys,
+    their mean or sum as float32)."""
+    codes, inverse = np.unique(keys, return_inverse=True)
+    sums = np.zeros((len(codes), values.shape[1]))
+    np.add.at(sums, inverse, values)
+    return codes, (sums / np.bincount(inverse)[:, None] if how == "mean" else sums).astype(np.float32)
+
+
 def row_argmax(x: np.ndarray, chunk: int = 128) -> np.ndarray:
     """x.argmax(axis=1), also fast on column-major arrays (what DataFrame.to_numpy gives for a
     parquet table), where numpy's argmax along rows is about 4x slower: maxima per column chunk

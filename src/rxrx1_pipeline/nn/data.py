@@ -84,11 +84,7 @@ class FitBatches(torch.utils.data.Sampler):
             yield batch[self.rank::self.world].tolist()
 
     def __len__(self) -> int:
-        if self.steps:
-            return self.steps
-        if not self.by_plate:
-            return -(-len(self.plates) // self.batch_size)
-        return int(sum(-(-n // self.batch_size) for n in np.unique(self.plates, return_counts=True)[1]))
+        return len(self.global_batches())
 
 
 def fit_loader(dataset: StoreSites, plates: np.ndarray, batch_size: int, workers: int, seed: int, rank: int = 0,

@@ -16,12 +16,18 @@ import logging
 import numpy as np
 import pandas as pd
 
-from rxrx1_pipeline.kernels import group_log_probs, score_layouts
+from rxrx1_pipeline.kernels import combine_rows, group_log_probs, score_layouts
 from rxrx1_pipeline.plates import layout_matrix
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ["id_code", "class_index", "sirna", "epoch"]
+TYPES = {"id_code": object} | {c: "int64" for c in COLUMNS[1:]}
+
+
+def no_pseudo_labels() -> pd.DataFrame:
+    """The pseudo-label table with no rows (a training without pseudo-labels writes it)."""
+    return pd.DataFrame(columns=COLUMNS).astype(TYPES)
 
 
 class PseudoLabeller:
@@ -40,7 +46,7 @@ class PseudoLabeller:
         self.n_groups = int(sirna_groups["group"].max()) + 1
         self.plates, self.layouts = layout_matrix(plate_layouts)
         self.wells = self.sites.drop_duplicates("id_code")[["id_code", "experiment", "plate"]].reset_index(drop=True)
-        self.labelled = pd.DataFrame({c: pd.Series(dtype="int64" if c != "id_code" else "object") for c in COLUMNS})
+        self.labelled = no_pseudo_labels()
         self.layout_of: dict[str, int] = {}  # experiment -> row of the layout its labels follow
 
     def due(self, epoch: int) -> bool:
@@ -55,11 +61,8 @@ class PseudoLabeller:
     def update(self, site_logits: np.ndarray, epoch: int) -> pd.DataFrame:
         """Add the most confident wells from the treatment-class logits of every candidate site (rows of
         ``self.sites``); returns the rows added."""
-        codes, inverse = np.unique(self.sites["id_code"].to_numpy(), return_inverse=True)
-        sums = np.zeros((len(codes), site_logits.shape[1]))
-        np.add.at(sums, inverse, site_logits)
+        codes, x = combine_rows(self.sites["id_code"].to_numpy(), site_logits)
         wells = self.wells.set_index("id_code").loc[codes].reset_index()
-        x = (sums / np.bincount(inverse)[:, None]).astype(np.float32)
         exp_idx, _ = pd.factorize(wells["experiment"], sort=True)
         plate_pos = np.searchsorted(self.plates, wells["plate"].to_numpy())
         scores = score_layouts(group_log_probs(x, self.col_group, self.n_groups), exp_idx, plate_pos, self.layouts)
@@ -107,8 +110,7 @@ class PseudoLabeller:
         return {"labelled": self.labelled.to_dict("list"), "layout_of": dict(self.layout_of)}
 
     def restore(self, state: dict) -> None:
-        types = {"id_code": object} | {c: "int64" for c in COLUMNS[1:]}
-        self.labelled = pd.DataFrame(state["labelled"], columns=COLUMNS).astype(types)
+        self.labelled = pd.DataFrame(state["labelled"], columns=COLUMNS).astype(TYPES)
         self.layout_of = dict(state["layout_of"])
 
     def labelled_sites(self) -> pd.DataFrame:

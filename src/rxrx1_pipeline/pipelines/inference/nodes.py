@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from rxrx1_pipeline.images import ImageStore
+from rxrx1_pipeline.kernels import combine_rows
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +76,7 @@ def centre_plates(embeddings: np.ndarray, plates: np.ndarray) -> np.ndarray:
 
 def per_well(id_codes: pd.Series, values: np.ndarray, columns: list[str], how: str = "mean") -> pd.DataFrame:
     """Average (``how`` mean) or sum the site rows into one float32 row per well: ``id_code`` then ``columns``."""
-    codes, inverse = np.unique(id_codes.to_numpy(), return_inverse=True)
-    sums = np.zeros((len(codes), values.shape[1]))
-    np.add.at(sums, inverse, values)
-    combined = (sums / np.bincount(inverse)[:, None] if how == "mean" else sums).astype(np.float32)
+    codes, combined = combine_rows(id_codes.to_numpy(), values, how)
     frame = pd.DataFrame(combined, columns=columns)
     frame.insert(0, "id_code", codes)
     return frame

@@ -121,7 +121,7 @@ def train_model(model_sites: pd.DataFrame, site_images: ImageStore, plate_stats:
     Returns the trained model (settings + weights), the per-epoch history and the pseudo-labels
     (id_code, class_index, sirna, epoch added).
     """
-    from rxrx1_pipeline.nn.pseudo import PseudoLabeller
+    from rxrx1_pipeline.nn.pseudo import PseudoLabeller, no_pseudo_labels
     from rxrx1_pipeline.nn.training import TrainJob
 
     fit_sites = sites_to_fit(model_sites, training["controls"], training["final_fit"])
@@ -145,7 +145,7 @@ def train_model(model_sites: pd.DataFrame, site_images: ImageStore, plate_stats:
             log.info("%s: using the shared model of %s as it is (epochs 0)", cell_line,
                      ", ".join(settings["cell_lines"]))
             model = {**shared_model, "settings": settings}
-            return model, pd.DataFrame({"epoch": pd.Series(dtype="int64")}), no_pseudo_labels()
+            return model, no_history(), no_pseudo_labels()
     elif training["epochs"] < 1:
         raise ValueError(f"{cell_line}: training.epochs must be >= 1, got {training['epochs']}")
     pseudo = None
@@ -169,10 +169,9 @@ def train_shared_model(classes: pd.DataFrame, checkpoints, training: dict, *per_
     """
     from rxrx1_pipeline.nn.training import TrainJob
 
-    empty = pd.DataFrame({"epoch": pd.Series(dtype="int64")})
     if training["epochs"] == 0:
         log.info("shared model: not trained (shared_training.epochs is 0)")
-        return {}, empty
+        return {}, no_history()
     triples = [per_line[i:i + 3] for i in range(0, len(per_line), 3)]
     lines = [str(sites.loc[sites.index[0], "cell_line"]) for sites, _, _ in triples]
     store = StoreChain([images for _, images, _ in triples])
@@ -196,6 +195,7 @@ def train_shared_model(classes: pd.DataFrame, checkpoints, training: dict, *per_
 def _train(job, start: dict) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     """Fingerprint the job (``start``: what it starts from), then train it here or on DDP processes."""
     from rxrx1_pipeline.nn import distributed, loops
+    from rxrx1_pipeline.nn.pseudo import no_pseudo_labels
     from rxrx1_pipeline.nn.training import fit
 
     # Everything that changes the trained model: settings, fit wells and their labels, the pixels (the
@@ -213,6 +213,6 @@ def _train(job, start: dict) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     return model, pd.DataFrame(history), no_pseudo_labels() if labelled is None else labelled
 
 
-def no_pseudo_labels() -> pd.DataFrame:
-    return pd.DataFrame({"id_code": pd.Series(dtype="object"), "class_index": pd.Series(dtype="int64"),
-                         "sirna": pd.Series(dtype="int64"), "epoch": pd.Series(dtype="int64")})
+def no_history() -> pd.DataFrame:
+    """The history of a model that was not trained here (no epochs)."""
+    return pd.DataFrame({"epoch": pd.Series(dtype="int64")})
