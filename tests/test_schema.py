@@ -48,6 +48,9 @@ BAD = {
     "final fit with fitted temperature": (("U2OS", "training", "final_fit"), True,
                                           r"U2OS\.training\.final_fit = True with postprocess\.assignment\."
                                           r"temperature = 'auto': the validation wells are then training data"),
+    "shared final fit with fitted temperature": (("shared_training", "final_fit"), True,
+                                                 r"shared_training\.final_fit = True with postprocess\.assignment\."
+                                                 r"temperature = 'auto'"),
 }
 
 

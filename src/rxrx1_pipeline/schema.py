@@ -220,6 +220,8 @@ def validate_parameters(parameters: dict[str, Any], blocks: set[str] | None = No
     chosen = blocks if blocks is not None else BLOCKS
     final = sorted(cl for cl in CELL_LINES if cl in chosen and isinstance(parameters.get(cl), dict)
                    and parameters[cl].get("training", {}).get("final_fit"))
+    if "shared_training" in chosen and parameters.get("shared_training", {}).get("final_fit"):
+        final.append("shared_training")
     temperature = parameters.get("postprocess", {}).get("assignment", {}).get("temperature")
     shared = sorted(cl for cl in CELL_LINES if cl in chosen and isinstance(parameters.get(cl), dict)
                     and parameters[cl].get("training", {}).get("init") == "shared")
@@ -227,7 +229,9 @@ def validate_parameters(parameters: dict[str, Any], blocks: set[str] | None = No
         problems.append(f"{', '.join(shared)}.training.init = 'shared' with shared_training.epochs = 0: set "
                         "shared_training.epochs >= 1 to train the shared model they start from")
     if final and "postprocess" in chosen and temperature == "auto":
-        problems.append(f"{', '.join(final)}.training.final_fit = True with postprocess.assignment.temperature = "
+        keys = ", ".join(f"{block}.final_fit" if block == "shared_training" else f"{block}.training.final_fit"
+                         for block in final)
+        problems.append(f"{keys} = True with postprocess.assignment.temperature = "
                         "'auto': the validation wells are then training data; set the temperature that the "
                         "held-out run fitted (its 08_reporting/postprocess_calibration.json)")
     if problems:

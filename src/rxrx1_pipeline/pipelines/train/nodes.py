@@ -172,6 +172,9 @@ def train_shared_model(classes: pd.DataFrame, checkpoints, training: dict, *per_
     if training["epochs"] == 0:
         log.info("shared model: not trained (shared_training.epochs is 0)")
         return {}, no_history()
+    if training["final_fit"]:
+        log.warning("shared model: final fit: the validation experiments are trained on too, so the figures of "
+                    "every model fine-tuned from it are no longer a validation")
     triples = [per_line[i:i + 3] for i in range(0, len(per_line), 3)]
     lines = [str(sites.loc[sites.index[0], "cell_line"]) for sites, _, _ in triples]
     store = StoreChain([images for _, images, _ in triples])
