@@ -46,3 +46,38 @@ def test_without_a_shared_model_only_the_cell_lines_are_final_fitted():
 def test_params_option_is_what_kedro_run_parses():
     assert params_option({"a.final_fit": True, "postprocess.assignment.temperature": 0.5}) == \
         "a.final_fit=true,postprocess.assignment.temperature=0.5"
+
+
+def test_final_fit_command_runs_held_out_then_final_with_its_temperature(project_copy):
+    """`python -m rxrx1_pipeline.final_fit` on a tiny project: two `full` runs, the second with every model
+    final-fitted and the first run's fitted temperature (not re-fitted on the now-trained-on wells)."""
+    import json
+    import os
+    import re
+    import subprocess
+    import sys
+
+    import mlflow
+
+    from tests.builders import shrink_project
+    from tests.conftest import kedro_run
+
+    shrink_project(project_copy)
+    assert kedro_run(project_copy, "--pipelines=synthetic", timeout=300).returncode == 0
+    result = subprocess.run([sys.executable, "-m", "rxrx1_pipeline.final_fit"], cwd=project_copy, text=True,
+                            capture_output=True, timeout=600, env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    held_out = float(re.search(r"held-out run: assignment temperature ([0-9.]+) \(fitted on \d+ validation",
+                               result.stdout)[1])
+    calibration = json.loads((project_copy / "data/08_reporting/postprocess_calibration.json").read_text())
+    assert calibration["fitted"] is False and round(calibration["temperature"], 4) == held_out
+    assert "shared model: final fit" in result.stderr and "HEPG2: final fit" in result.stderr
+
+    client = mlflow.MlflowClient(f"sqlite:///{project_copy / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("synthetic").experiment_id],
+                              order_by=["attributes.start_time ASC"])
+    assert [run.info.run_name for run in runs] == ["full", "full"]
+    for run, final in zip(runs, ("False", "True")):
+        assert run.info.status == "FINISHED"
+        assert run.data.params["shared_training.final_fit"] == final
+        assert run.data.params["HEPG2.training.final_fit"] == final

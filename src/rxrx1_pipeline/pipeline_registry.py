@@ -16,9 +16,11 @@ from rxrx1_pipeline.pipelines import (
 
 # Cross-namespace nodes read e.g. "HUVEC.test_logits"; kedro warns once per process about the dot.
 warnings.filterwarnings("ignore", message="One or more dataset names contain", category=UserWarning)
-# The shared model of every cell line reads each line's image store and feeds each line's fine-tuning, so
-# a path leaves a cell line's namespace and comes back: kedro 1.x warns that the namespace is
-# "interrupted" (it could not be deployed as one unit). Runs, `--namespaces` and kedro viz are unaffected.
+# In the `train` pipeline the shared model of every cell line reads each line's inputs and feeds each line's
+# fine-tuning, so a path leaves a cell line's namespace and comes back: kedro 1.x warns that the namespace
+# is "interrupted" (it could not be deployed as one unit). Runs and `--namespaces` are unaffected. kedro viz
+# draws `train` without layers (a line's box reads the shared model and feeds it, a cycle of layers); `full`
+# puts the inputs and the models in two stages, so its DAG keeps them.
 warnings.filterwarnings("ignore", message="Namespace '.*' is interrupted by nodes", category=UserWarning)
 
 
@@ -36,7 +38,8 @@ def register_pipelines() -> dict[str, Pipeline]:
     full = sum((stage(name, pipe) for name, pipe in (
         ("ingest", pipes["ingest"]),
         ("plate_groups", pipes["plate_groups"]),
-        ("model", pipes["train"] + pipes["inference"]),
+        ("model_input", train.create_inputs_pipeline()),
+        ("model", train.create_training_pipeline() + pipes["inference"]),
         ("postprocess", pipes["postprocess"]),
         ("report", pipes["report"]),
     )), start=Pipeline([]))
@@ -47,7 +50,8 @@ def register_pipelines() -> dict[str, Pipeline]:
 def stage(name: str, pipe: Pipeline) -> Pipeline:
     """``pipe`` grouped under the namespace ``name``, dataset names unchanged.
 
-    kedro viz draws each namespace as one collapsed box, so the ``full`` DAG reads as five stages; the
-    per-cell-line namespaces nest inside ``model`` (node names like ``model.HUVEC.train_model``).
+    kedro viz draws each namespace as one collapsed box, so the ``full`` DAG reads as six stages; the
+    per-cell-line namespaces nest inside ``model_input`` and ``model`` (node names like
+    ``model.HUVEC.train_model``).
     """
     return Pipeline(pipe, namespace=name, prefix_datasets_with_namespace=False)

@@ -1,5 +1,5 @@
-"""The train pipeline."""
+"""The train pipeline: each cell line's model inputs, the shared model and each cell line's model."""
 
-from .pipeline import create_pipeline
+from .pipeline import create_inputs_pipeline, create_pipeline, create_training_pipeline
 
-__all__ = ["create_pipeline"]
+__all__ = ["create_inputs_pipeline", "create_pipeline", "create_training_pipeline"]

@@ -1,5 +1,6 @@
-"""Training: one template pipeline, instantiated per cell line as a namespace, and the shared model of
-every cell line (its own node) that per-cell-line models may be fine-tuned from."""
+"""Training: two template pipelines (a cell line's model inputs, then its model), each instantiated per cell
+line as a namespace, and the shared model of every cell line (its own node) that per-cell-line models may be
+fine-tuned from. ``full`` puts the inputs and the models in two stages (``pipeline_registry``)."""
 
 from kedro.pipeline import Node, Pipeline
 
@@ -13,30 +14,49 @@ from .nodes import (
     train_shared_model,
 )
 
-SHARED_INPUTS = {"wells", "sites", "classes", "raw_site_images", "shared_model", "sirna_groups", "plate_layouts"}
 
-
-def create_template() -> Pipeline:
-    """Nodes of one cell line; ``params:cell_line`` and ``params:training`` resolve inside its namespace."""
+def create_inputs_template() -> Pipeline:
+    """One cell line's model inputs: its sites, their image store and plate statistics."""
     return Pipeline([
         Node(select_sites, ["wells", "sites", "classes", "params:cell_line", "params:training"], "model_sites",
              name="select_sites"),
         Node(decode_sites, ["model_sites", "raw_site_images", "params:training"], "site_images",
              name="decode_sites"),
         Node(plate_statistics, ["model_sites", "site_images"], "plate_stats", name="plate_statistics"),
+    ])
+
+
+def create_training_template() -> Pipeline:
+    """One cell line's model, trained on its inputs (from scratch or fine-tuned from the shared model)."""
+    return Pipeline([
         Node(train_model, ["model_sites", "site_images", "plate_stats", "classes", "checkpoints",
                            "params:cell_line", "params:training", "shared_model", "sirna_groups", "plate_layouts"],
              ["model", "history", "pseudo_labels"], name="train_model"),
     ])
 
 
-def create_pipeline(**kwargs) -> Pipeline:
-    per_line = sum((Pipeline(create_template(), namespace=cl, inputs=SHARED_INPUTS, tags=[cl])
-                    for cl in CELL_LINES), start=Pipeline([]))
+def per_line(template: Pipeline, shared_inputs: set[str]) -> Pipeline:
+    """``template`` once per cell line, as the namespace of that line (``params:training`` resolves inside);
+    ``shared_inputs`` are the datasets every line reads under their own names."""
+    return sum((Pipeline(template, namespace=cl, inputs=shared_inputs, tags=[cl]) for cl in CELL_LINES),
+               start=Pipeline([]))
+
+
+def create_inputs_pipeline() -> Pipeline:
+    return per_line(create_inputs_template(), {"wells", "sites", "classes", "raw_site_images"})
+
+
+def create_training_pipeline() -> Pipeline:
+    """Each cell line's model and the shared model of every cell line, which reads all lines' inputs."""
     shared = Pipeline([
         Node(train_shared_model, ["classes", "shared_checkpoints", "params:shared_training",
                                   *[f"{cl}.{name}" for cl in CELL_LINES
                                     for name in ("model_sites", "site_images", "plate_stats")]],
              ["shared_model", "shared_history"], name="train_shared_model"),
     ])
-    return per_line + shared
+    per_line_models = per_line(create_training_template(), {"classes", "shared_model", "sirna_groups", "plate_layouts"})
+    return per_line_models + shared
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return create_inputs_pipeline() + create_training_pipeline()
