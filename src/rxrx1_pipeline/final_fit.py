@@ -11,15 +11,12 @@ that temperature: ``temperature: auto`` needs validation wells that the models h
 from __future__ import annotations
 
 import argparse
-import logging
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 from rxrx1_pipeline.plates import CELL_LINES
-
-log = logging.getLogger(__name__)
 
 
 def final_fit_overrides(parameters: dict[str, Any], temperature: float) -> dict[str, Any]:
@@ -57,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     from kedro.framework.startup import bootstrap_project
 
     project = Path.cwd()
-    bootstrap_project(project)
+    bootstrap_project(project)  # fails at once outside a Kedro project
     _kedro_run(env)
     with KedroSession.create(project_path=project, env=env) as session:
         context = session.load_context()
