@@ -41,14 +41,15 @@ def test_raw_images_come_from_the_catalog_only():
     params = {ds for pipe in pipelines.values() for ds in pipe.datasets() if ds.startswith("params:")}
     assert not [p for p in params if p.endswith("data_root")]
     readers = {n.name for n in pipelines["full"].nodes if "raw_site_images" in n.inputs}
-    assert readers == {f"model.{cl}.decode_sites" for cl in ("HEPG2", "HUVEC", "RPE", "U2OS")} | {"report.build_report"}
+    decoders = {f"model_input.{cl}.decode_sites" for cl in ("HEPG2", "HUVEC", "RPE", "U2OS")}
+    assert readers == decoders | {"report.build_report"}
 
 
-def test_full_reads_as_five_stages_of_the_same_nodes():
+def test_full_reads_as_six_stages_of_the_same_nodes():
     pipelines, _ = _pipelines_and_catalog()
     full = pipelines["full"]
-    assert {n.namespace.split(".")[0] for n in full.nodes} == {"ingest", "plate_groups", "model", "postprocess",
-                                                                 "report"}
+    assert {n.namespace.split(".")[0] for n in full.nodes} == {"ingest", "plate_groups", "model_input", "model",
+                                                                 "postprocess", "report"}
     parts = ("ingest", "plate_groups", "train", "inference", "postprocess", "report")
     assert full.datasets() == set().union(*(pipelines[p].datasets() for p in parts))  # names unchanged
     assert sorted(n.func.__name__ for n in full.nodes) == sorted(n.func.__name__ for p in parts
