@@ -43,7 +43,7 @@ def test_without_a_shared_model_only_the_cell_lines_are_final_fitted():
         "postprocess.assignment.temperature": 1.5}
 
 
-def test_params_option_is_what_kedro_run_parses():
+def test_params_option_writes_kedro_run_params_syntax():
     assert params_option({"a.final_fit": True, "postprocess.assignment.temperature": 0.5}) == \
         "a.final_fit=true,postprocess.assignment.temperature=0.5"
 
