@@ -218,20 +218,18 @@ def validate_parameters(parameters: dict[str, Any], blocks: set[str] | None = No
                 # a check across a whole block names the block, not all of its values
                 problems.append(f"{key}: {message}" if isinstance(value, dict) else f"{key} = {value!r}: {message}")
     chosen = blocks if blocks is not None else BLOCKS
-    final = sorted(cl for cl in CELL_LINES if cl in chosen and isinstance(parameters.get(cl), dict)
-                   and parameters[cl].get("training", {}).get("final_fit"))
-    if "shared_training" in chosen and parameters.get("shared_training", {}).get("final_fit"):
-        final.append("shared_training")
-    temperature = parameters.get("postprocess", {}).get("assignment", {}).get("temperature")
-    shared = sorted(cl for cl in CELL_LINES if cl in chosen and isinstance(parameters.get(cl), dict)
-                    and parameters[cl].get("training", {}).get("init") == "shared")
-    if shared and "shared_training" in chosen and not parameters.get("shared_training", {}).get("epochs"):
+    line_training = {cl: parameters[cl].get("training", {}) for cl in CELL_LINES
+                     if cl in chosen and isinstance(parameters.get(cl), dict)}
+    shared_training = parameters.get("shared_training", {}) if "shared_training" in chosen else {}
+    shared = [cl for cl, training in line_training.items() if training.get("init") == "shared"]
+    if shared and "shared_training" in chosen and not shared_training.get("epochs"):
         problems.append(f"{', '.join(shared)}.training.init = 'shared' with shared_training.epochs = 0: set "
                         "shared_training.epochs >= 1 to train the shared model they start from")
+    final = [f"{cl}.training.final_fit" for cl, training in line_training.items() if training.get("final_fit")]
+    final += ["shared_training.final_fit"] if shared_training.get("final_fit") else []
+    temperature = parameters.get("postprocess", {}).get("assignment", {}).get("temperature")
     if final and "postprocess" in chosen and temperature == "auto":
-        keys = ", ".join(f"{block}.final_fit" if block == "shared_training" else f"{block}.training.final_fit"
-                         for block in final)
-        problems.append(f"{keys} = True with postprocess.assignment.temperature = "
+        problems.append(f"{', '.join(final)} = True with postprocess.assignment.temperature = "
                         "'auto': the validation wells are then training data; set the temperature that the "
                         "held-out run fitted (its 08_reporting/postprocess_calibration.json)")
     if problems:

@@ -105,6 +105,11 @@ def sites_to_fit(model_sites: pd.DataFrame, controls: str, final_fit: bool = Fal
     return model_sites[fit]
 
 
+def sites_to_validate(model_sites: pd.DataFrame) -> pd.DataFrame:
+    """The treatment sites of the held-out validation experiments (the valid site accuracy while training)."""
+    return model_sites[(model_sites["role"] == "valid") & (model_sites["well_type"] == "treatment")]
+
+
 def train_model(model_sites: pd.DataFrame, site_images: ImageStore, plate_stats: pd.DataFrame,
                 classes: pd.DataFrame, checkpoints, cell_line: str, training: dict, shared_model: dict | None = None,
                 sirna_groups: pd.DataFrame | None = None, plate_layouts: pd.DataFrame | None = None
@@ -128,7 +133,7 @@ def train_model(model_sites: pd.DataFrame, site_images: ImageStore, plate_stats:
     if training["final_fit"]:
         log.warning("%s: final fit: the validation experiments are trained on too, so their figures are no "
                     "longer a validation", cell_line)
-    valid = model_sites[(model_sites["role"] == "valid") & (model_sites["well_type"] == "treatment")]
+    valid = sites_to_validate(model_sites)
     settings = {k: v for k, v in training.items() if k not in RUNTIME_ONLY}
     initial, start = None, {}
     if training.get("init", "scratch") == "shared":
@@ -184,7 +189,7 @@ def train_shared_model(classes: pd.DataFrame, checkpoints, training: dict, *per_
         sites = sites.assign(store_row=sites["store_row"] + store.offsets[k],
                              plate_index=sites["plate_index"] + plate_offset, line_index=k)
         fits.append(sites_to_fit(sites, training["controls"], training["final_fit"]))
-        valids.append(sites[(sites["role"] == "valid") & (sites["well_type"] == "treatment")])
+        valids.append(sites_to_validate(sites))
         stats.append(plate_stats.assign(plate_index=plate_stats["plate_index"] + plate_offset))
         plate_offset += len(plate_stats)
     settings = {k: v for k, v in training.items() if k not in RUNTIME_ONLY} | {"cell_lines": lines}
