@@ -25,6 +25,7 @@ from rxrx1_pipeline.images import (
     ImageStore,
     PngSites,
     build_store,
+    open_store,
     write_site,
 )
 
@@ -94,7 +95,8 @@ class _FileDataset(AbstractDataset):
 class ImageStoreDataset(AbstractDataset[DecodeJob, ImageStore]):
     """The decode-once image store in folder ``path``: saving a :class:`DecodeJob` builds (or resumes,
     or reuses) it with ``workers`` processes (default: all cores) in tasks of ``chunk`` sites (the unit
-    of resumption); loading gives an :class:`ImageStore`."""
+    of resumption); loading gives an :class:`ImageStore`, or a :class:`PngStore` (same interface, pixels
+    decoded from the PNGs on every read) when the job's ``pixels`` is "png"."""
 
     def __init__(self, *, path: str, workers: int | None = None, chunk: int = CHUNK, metadata: dict | None = None):
         self._path = Path(path)
@@ -103,7 +105,7 @@ class ImageStoreDataset(AbstractDataset[DecodeJob, ImageStore]):
         self.metadata = metadata
 
     def load(self) -> ImageStore:
-        return ImageStore(self._path)
+        return open_store(self._path)
 
     def save(self, data: DecodeJob) -> None:
         build_store(self._path, data, self._workers, self._chunk)

@@ -44,22 +44,74 @@ def write_site(root: Path, prefix: str, image: np.ndarray) -> None:
         Image.fromarray(channel).save(f"{target}_w{c}.png", compress_level=1)
 
 
+class ImageFormatError(ValueError):
+    """A PNG that is not 8-bit single-channel, or not the size of its site's other channels; names the file."""
+
+
+# The modes a PNG can open as in Pillow: (bits per channel, channels).
+_MODES = {"1": (1, 1), "L": (8, 1), "P": (8, 1), "LA": (8, 2), "RGB": (8, 3), "RGBA": (8, 4), "I;16": (16, 1),
+          "I;16B": (16, 1), "I": (32, 1), "F": (32, 1)}
+
+
+def describe_image(im) -> str:
+    """What an opened image is, e.g. ``mode I;16 (16-bit, 1 channel), 512 x 512 px``."""
+    bits, channels = _MODES.get(im.mode, ("?", len(im.getbands())))
+    palette = ", palette" if im.mode == "P" else ""
+    return (f"mode {im.mode} ({bits}-bit, {channels} channel{'s' if channels > 1 else ''}{palette}), "
+            f"{im.size[0]} x {im.size[1]} px")
+
+
+def _check_channel(file: Path, im, first: tuple[Path, tuple[int, int]] | None) -> tuple[Path, tuple[int, int]]:
+    """Refuse a channel image that is not 8-bit single-channel (mode L) or not the size of the site's first
+    channel ``first`` (file, size); returns the first channel's (file, size)."""
+    if im.mode != "L":
+        raise ImageFormatError(f"image {file} is {describe_image(im)}: every RxRx1 image must be an 8-bit "
+                               "single-channel PNG (mode L); convert the images to 8 bits (scaling, not clipping) "
+                               "before running")
+    if first is not None and im.size != first[1]:
+        raise ImageFormatError(f"image {file} is {im.size[0]} x {im.size[1]} px but {first[0].name} of the same "
+                               f"site is {first[1][0]} x {first[1][1]} px: the six channels of a site must have "
+                               "one size")
+    return first or (file, im.size)
+
+
+def check_pngs(source: "PngSites", prefixes) -> None:
+    """Open the header of every PNG of these sites (no pixels decoded) and refuse, naming the file, any that
+    is not 8-bit single-channel or not the size of its site's other channels; missing files too."""
+    from PIL import Image
+
+    for prefix in prefixes:
+        first = None
+        for c in CHANNELS:
+            file = Path(source.root) / f"{prefix}_w{c}.png"
+            try:
+                with Image.open(file) as im:
+                    first = _check_channel(file, im, first)
+            except ImageFormatError:
+                raise
+            except (OSError, ValueError) as exc:
+                raise OSError(f"cannot read image {file}: {exc}") from exc
+
+
 def read_site(root: Path, prefix: str, size: int | None = None) -> np.ndarray:
     """Read one site's six PNGs as (6, H, W) uint8, optionally resized to ``size``.
 
-    A missing or unreadable image raises an error naming the file.
+    A missing or unreadable image raises an error naming the file; so does one that is not 8-bit
+    single-channel or not the size of the site's other channels (:class:`ImageFormatError`).
     """
     from PIL import Image
 
-    channels = []
+    channels, first = [], None
     for c in CHANNELS:
         file = Path(root) / f"{prefix}_w{c}.png"
         try:
             with Image.open(file) as im:
-                im = im.convert("L")
+                first = _check_channel(file, im, first)
                 if size is not None and im.size != (size, size):
                     im = im.resize((size, size), Image.BILINEAR)
                 channels.append(np.asarray(im))
+        except ImageFormatError:
+            raise
         except (OSError, ValueError) as exc:
             raise OSError(f"cannot read image {file}: {exc}") from exc
     return np.stack(channels)
@@ -80,13 +132,51 @@ class PngSites:
                        for p in self.root.glob("*/*/*/*_w1.png")})
 
 
+PIXELS = ("store", "png")  # where training reads a site's pixels: the decode-once store, or its PNGs every time
+FITS = ("resize", "crop")  # how a site becomes image_size px: the whole field resized, or the centre cropped
+
+
+def centre_crop(image: np.ndarray, size: int, prefix: str = "") -> np.ndarray:
+    """The centre ``size`` x ``size`` of a (6, H, W) site; an image smaller than ``size`` is an error."""
+    height, width = image.shape[-2:]
+    if height < size or width < size:
+        raise ValueError(f"{prefix}: cannot crop {size} x {size} px from a {height} x {width} px image "
+                         "(images.fit: crop needs images at least training.image_size; use images.fit: resize)")
+    top, left = (height - size) // 2, (width - size) // 2
+    return image[:, top:top + size, left:left + size]
+
+
+def read_fitted(source: PngSites, prefix: str, size: int, fit: str = "resize") -> np.ndarray:
+    """One site at ``size`` px: resized from its PNGs (``fit`` resize) or their centre cropped (``crop``)."""
+    if fit == "crop":
+        return np.ascontiguousarray(centre_crop(source.read(prefix), size, f"{source.root}/{prefix}_w*.png"))
+    if fit != "resize":
+        raise ValueError(f"images.fit must be one of {FITS}, got {fit!r}")
+    return source.read(prefix, size)
+
+
 @dataclass(frozen=True)
 class DecodeJob:
-    """What an image store should hold: these sites of ``source``, at ``image_size`` px."""
+    """What an image store should hold: these sites of ``source``, at ``image_size`` px (``fit``: resized or
+    centre-cropped). ``pixels`` "store" decodes them once into the store; "png" stores only their moments
+    and list, and every read decodes the PNGs again (:class:`PngStore`)."""
 
     source: PngSites
     prefixes: tuple[str, ...]
     image_size: int
+    pixels: str = "store"
+    fit: str = "resize"
+
+    def __post_init__(self) -> None:
+        if self.pixels not in PIXELS or self.fit not in FITS:
+            raise ValueError(f"images.source must be one of {PIXELS} and images.fit one of {FITS}, got "
+                             f"{self.pixels!r} and {self.fit!r}")
+
+    def store_bytes(self) -> int:
+        """Disk the store needs: the pixels (store only) and the per-site moments (the site list, ~40 bytes a
+        site, aside)."""
+        pixels = len(self.prefixes) * N_CHANNELS * self.image_size ** 2 if self.pixels == "store" else 0
+        return pixels + len(self.prefixes) * 2 * N_CHANNELS * 8
 
     def key(self) -> dict:
         """Identifies the store's content: source, size, the sites, and a cheap fingerprint of the files
@@ -100,7 +190,7 @@ class DecodeJob:
         stats = [_stat(root / t) for t in tops] + [_stat(root / f"{p}_w1.png") for p in sample]
         files = hashlib.sha1(json.dumps(stats).encode()).hexdigest()
         return {"source": str(root), "image_size": int(self.image_size), "sites": len(self.prefixes),
-                "prefixes_sha1": digest, "files_sha1": files}
+                "prefixes_sha1": digest, "files_sha1": files, "pixels": self.pixels, "fit": self.fit}
 
 
 def _stat(path: Path) -> list[int]:
@@ -116,6 +206,7 @@ class StoreError(RuntimeError):
 
 
 IMAGES, MOMENTS, MANIFEST, DONE = "images.npy", "moments.npy", "manifest.json", "done.npy"
+PREFIXES = "prefixes.json"  # the sites in row order (a PNG-backed store reads them from it)
 CHUNK = 256  # sites per decoding task; the unit of resumption
 
 
@@ -161,6 +252,33 @@ class ImageStore:
         return sum(f.stat().st_size for f in self.path.iterdir() if f.is_file())
 
 
+class PngStore(ImageStore):
+    """A store without pixels (``images.source: png``): ``read(row)`` decodes the row's six PNGs, at the
+    store's size and fit, in the calling process (a DataLoader worker); ``moments``, ``len``, ``image_size``
+    and ``job`` (its identity) as for :class:`ImageStore`."""
+
+    def __init__(self, path: Path):
+        super().__init__(path)
+        if self.job.get("pixels") != "png":
+            raise StoreError(f"{self.path} holds decoded pixels, not a PNG source; open it with open_store")
+        self.source, self.fit = PngSites(Path(self.job["source"])), self.job["fit"]
+        self.prefixes = json.loads((self.path / PREFIXES).read_text())
+
+    @property
+    def images(self) -> np.ndarray:
+        raise StoreError(f"{self.path} is a PNG source (images.source: png): it holds no pixel array; read(row)")
+
+    def read(self, row: int) -> np.ndarray:
+        return read_fitted(self.source, self.prefixes[row], self.image_size, self.fit)
+
+
+def open_store(path: Path) -> ImageStore:
+    """The store at ``path``: an :class:`ImageStore` of decoded pixels, or a :class:`PngStore` that decodes
+    the PNGs on every read, as its manifest says."""
+    store = ImageStore(path)
+    return PngStore(path) if store.job.get("pixels") == "png" else store
+
+
 def _manifest(folder: Path) -> dict | None:
     file = folder / MANIFEST
     return json.loads(file.read_text()) if file.is_file() else None
@@ -184,26 +302,30 @@ def build_store(path: Path, job: DecodeJob, workers: int | None = None, chunk: i
     shape = (len(job.prefixes), N_CHANNELS, job.image_size, job.image_size)
     staged = {**key, "chunk": chunk}
     resumable = _manifest(staging) == staged and (staging / DONE).is_file()
+    describe_source(path, job)
     if not resumable:
+        check_pngs(job.source, job.prefixes)  # every header, before anything is written
         shutil.rmtree(staging, ignore_errors=True)
-        check_free_space(path, int(np.prod(shape)) + shape[0] * 2 * N_CHANNELS * 8)
+        check_free_space(path, job.store_bytes())
         staging.mkdir(parents=True)
-        np.lib.format.open_memmap(staging / IMAGES, mode="w+", dtype=np.uint8, shape=shape).flush()
+        if job.pixels == "store":
+            np.lib.format.open_memmap(staging / IMAGES, mode="w+", dtype=np.uint8, shape=shape).flush()
         np.lib.format.open_memmap(staging / MOMENTS, mode="w+", dtype=np.float64,
                                   shape=(shape[0], 2, N_CHANNELS)).flush()
         _save_atomic(staging / DONE, np.zeros(-(-shape[0] // chunk), bool))
         (staging / MANIFEST).write_text(json.dumps(staged))
     done = np.load(staging / DONE)
     todo = np.flatnonzero(~done)
-    tasks = [(staging, job.source, job.prefixes[c * chunk:(c + 1) * chunk], int(c) * chunk, job.image_size)
-             for c in todo]
+    tasks = [(staging, job.source, job.prefixes[c * chunk:(c + 1) * chunk], int(c) * chunk, job.image_size,
+              job.fit, job.pixels == "store") for c in todo]
     already = shape[0] - sum(len(t[2]) for t in tasks)
     if already:
         log.info("Image store %s: resuming, %d of %d sites already decoded", path, already, shape[0])
     workers = max(1, min(workers or os.cpu_count() or 1, len(tasks)))
     pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_exit_with_parent,
                                initargs=(os.getpid(),)) if workers > 1 else None
-    bar = tqdm(total=shape[0], initial=already, desc=f"decoding sites ({workers} processes)", unit="site",
+    what = "decoding sites" if job.pixels == "store" else "site statistics from the PNGs"
+    bar = tqdm(total=shape[0], initial=already, desc=f"{what} ({workers} processes)", unit="site",
                mininterval=2, disable=None)
     try:
         for c, n in zip(todo, (pool.map if pool else map)(_decode_chunk, tasks)):
@@ -214,6 +336,7 @@ def build_store(path: Path, job: DecodeJob, workers: int | None = None, chunk: i
         bar.close()
         if pool is not None:
             pool.shutdown(cancel_futures=True)
+    (staging / PREFIXES).write_text(json.dumps(list(job.prefixes)))
     (staging / MANIFEST).write_text(json.dumps(key))
     (staging / DONE).unlink()
     old = path.with_name(path.name + ".old")
@@ -222,8 +345,22 @@ def build_store(path: Path, job: DecodeJob, workers: int | None = None, chunk: i
         path.rename(old)
     staging.rename(path)
     shutil.rmtree(old, ignore_errors=True)
-    log.info("Image store %s: %d sites at %d px, %.1f MiB", path, shape[0], job.image_size,
+    log.info("Image store %s: %d sites at %d px (%s), %.1f MiB", path, shape[0], job.image_size,
+             "decoded pixels" if job.pixels == "store" else "statistics only; pixels read from the PNGs",
              ImageStore(path).nbytes() / 2**20)
+
+
+def describe_source(path: Path, job: DecodeJob) -> None:
+    """Log where training will read this store's pixels from, and the disk that needs."""
+    gib = job.store_bytes() / 2**30
+    how = f"{job.image_size} px, {'resized' if job.fit == 'resize' else 'centre-cropped'}"
+    if job.pixels == "store":
+        log.info("Images of %s: decode-once store (images.source: store) of %d sites at %s: %.2f GiB on disk "
+                 "(%d bytes per site)", path, len(job.prefixes), how, gib, N_CHANNELS * job.image_size ** 2)
+    else:
+        log.info("Images of %s: the PNGs under %s decoded by the loader on every read (images.source: png) "
+                 "at %s; no pixel store, %.3f GiB of per-site statistics on disk", path, job.source.root,
+                 how, gib)
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -241,16 +378,18 @@ def _exit_with_parent(parent: int) -> None:
 
 def _decode_chunk(task) -> int:
     """Decode one chunk of sites into the staging memmaps (pixels and per-site moments); returns its size."""
-    staging, source, prefixes, start, size = task
-    images = np.load(staging / IMAGES, mmap_mode="r+")
+    staging, source, prefixes, start, size, fit, pixels = task
+    images = np.load(staging / IMAGES, mmap_mode="r+") if pixels else None
     moments = np.load(staging / MOMENTS, mmap_mode="r+")
     for i, prefix in enumerate(prefixes):
-        image = source.read(prefix, size)
-        images[start + i] = image
+        image = read_fitted(source, prefix, size, fit)
+        if images is not None:
+            images[start + i] = image
         x = image.astype(np.float64)
         moments[start + i, 0] = x.mean(axis=(1, 2))
         moments[start + i, 1] = (x**2).mean(axis=(1, 2))
-    images.flush()
+    if images is not None:
+        images.flush()
     moments.flush()
     return len(prefixes)
 
@@ -270,7 +409,8 @@ def check_free_space(path: Path, needed: int) -> None:
     if free < needed:
         raise StoreError(f"image store {path} needs {needed / 2**30:.2f} GiB ({needed} bytes) but only "
                          f"{free / 2**30:.2f} GiB ({free} bytes) are free on that disk; point image_store_root "
-                         "(conf globals) at a larger disk")
+                         "(conf globals) at a larger disk, or store smaller images (training.image_size, "
+                         "images.fit: crop) or none (images.source: png; README: where images are read from)")
 
 
 class StoreChain:

@@ -234,3 +234,19 @@ def validate_parameters(parameters: dict[str, Any], blocks: set[str] | None = No
                         "held-out run fitted (its 08_reporting/postprocess_calibration.json)")
     if problems:
         raise ParameterError("invalid parameters (nothing was run):\n  " + "\n  ".join(problems))
+
+
+class ImageSource(Strict):
+    """``images``: where training and inference read each site's pixels from (README: where 512 px images
+    are read from). ``source`` store: every site decoded once into an on-disk array under image_store_root
+    (6 x S x S bytes per site at S = training.image_size); png: no pixel array, the loader decodes the six
+    PNGs of a site on every read (set num_workers so that workers x their rate exceeds the model's).
+    ``fit``: how a site becomes S px when its PNGs are larger: resize (the whole field of view) or crop
+    (the centre S x S at full resolution). Both are part of the store's identity, hence of every model's
+    fingerprint."""
+
+    source: Literal["store", "png"] = "store"
+    fit: Literal["resize", "crop"] = "resize"
+
+
+BLOCKS["images"] = ImageSource

@@ -16,6 +16,7 @@ from rxrx1_pipeline.pipelines.train.nodes import (
     plate_statistics,
     select_sites,
 )
+from rxrx1_pipeline.schema import ImageSource
 
 TINY_SYNTHETIC = {
     "seed": 3, "image_size": 16, "cell_lines": ["HEPG2"], "experiments": {"train": 3, "test": 1},
@@ -49,7 +50,7 @@ def prepared(tiny_data, tmp_path_factory):
     reader, wells, sites, classes = tiny_data
     model_sites = select_sites(wells, sites, classes, "HEPG2", TINY_TRAINING)
     store = ImageStoreDataset(path=str(Path(tmp_path_factory.mktemp("store")) / "HEPG2"), workers=1)
-    store.save(decode_sites(model_sites, reader, TINY_TRAINING))
+    store.save(decode_sites(model_sites, reader, TINY_TRAINING, ImageSource()))
     images = store.load()
     return classes, model_sites, images, plate_statistics(model_sites, images)
 

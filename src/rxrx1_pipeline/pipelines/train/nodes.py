@@ -16,6 +16,7 @@ from rxrx1_pipeline.images import (
     PngSites,
     StoreChain,
 )
+from rxrx1_pipeline.schema import ImageSource
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +64,17 @@ def select_sites(wells: pd.DataFrame, sites: pd.DataFrame, classes: pd.DataFrame
     return table
 
 
-def decode_sites(model_sites: pd.DataFrame, raw_site_images: PngSites, training: dict) -> DecodeJob:
-    """What the image store must hold: every site of the table, in ``store_row`` order, at training size.
+def decode_sites(model_sites: pd.DataFrame, raw_site_images: PngSites, training: dict, images: ImageSource
+                 ) -> DecodeJob:
+    """What the image store must hold: every site of the table, in ``store_row`` order, at training size,
+    resized or centre-cropped (``images.fit``); decoded once (``images.source`` store) or read from the PNGs
+    on every read (png: the store then keeps only the sites' statistics).
 
-    The store dataset decodes it once (and reuses or resumes it on later runs).
+    The store dataset builds it once (and reuses or resumes it on later runs).
     """
+    images = ImageSource.model_validate(images) if isinstance(images, dict) else images
     prefixes = model_sites.sort_values("store_row")["w1"].str.slice(0, -len("_w1.png"))
-    return DecodeJob(raw_site_images, tuple(prefixes), int(training["image_size"]))
+    return DecodeJob(raw_site_images, tuple(prefixes), int(training["image_size"]), images.source, images.fit)
 
 
 def plate_statistics(model_sites: pd.DataFrame, site_images: ImageStore) -> pd.DataFrame:

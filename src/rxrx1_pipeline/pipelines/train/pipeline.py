@@ -20,7 +20,7 @@ def create_inputs_template() -> Pipeline:
     return Pipeline([
         Node(select_sites, ["wells", "sites", "classes", "params:cell_line", "params:training"], "model_sites",
              name="select_sites"),
-        Node(decode_sites, ["model_sites", "raw_site_images", "params:training"], "site_images",
+        Node(decode_sites, ["model_sites", "raw_site_images", "params:training", "params:images"], "site_images",
              name="decode_sites"),
         Node(plate_statistics, ["model_sites", "site_images"], "plate_stats", name="plate_statistics"),
     ])
@@ -35,15 +35,17 @@ def create_training_template() -> Pipeline:
     ])
 
 
-def per_line(template: Pipeline, shared_inputs: set[str]) -> Pipeline:
+def per_line(template: Pipeline, shared_inputs: set[str], shared_params: frozenset[str] = frozenset()) -> Pipeline:
     """``template`` once per cell line, as the namespace of that line (``params:training`` resolves inside);
-    ``shared_inputs`` are the datasets every line reads under their own names."""
-    return sum((Pipeline(template, namespace=cl, inputs=shared_inputs, tags=[cl]) for cl in CELL_LINES),
-               start=Pipeline([]))
+    ``shared_inputs`` are the datasets and ``shared_params`` the parameters every line reads under their own
+    names."""
+    return sum((Pipeline(template, namespace=cl, inputs=shared_inputs, parameters=set(shared_params), tags=[cl])
+                for cl in CELL_LINES), start=Pipeline([]))
 
 
 def create_inputs_pipeline() -> Pipeline:
-    return per_line(create_inputs_template(), {"wells", "sites", "classes", "raw_site_images"})
+    return per_line(create_inputs_template(), {"wells", "sites", "classes", "raw_site_images"},
+                    frozenset({"images"}))
 
 
 def create_training_pipeline() -> Pipeline:
