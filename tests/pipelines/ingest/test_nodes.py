@@ -153,7 +153,18 @@ BAD_INPUTS = {
                     r"^train_controls\.csv: row HEPG2-01_1_C03: siRNA id nan out of range"),
     "treatment_sirna_is_control_id": (
         edit("train.csv", "C05,2", "C05,10"),
-        r"^train\.csv: row HEPG2-01_2_C05: siRNA id 10 out of range \(treatment ids must be below the control"),
+        r"^train\.csv: row HEPG2-01_2_C05: siRNA id 10 out of range \(treatment ids must be below the control "
+        r"ids, >= 10\); it is the positive_control id of train_controls\.csv \(row HEPG2-01_1_C03\)$"),
+    "control_id_is_a_treatment_id": (
+        edit("train_controls.csv", "C03,10,positive_control", "C03,1,positive_control"),
+        r"^train_controls\.csv: row HEPG2-01_1_C03: positive_control siRNA id 1 is also a treatment siRNA id "
+        r"\(train\.csv, e\.g\. row HEPG2-01_1_B04\); control ids must lie above every treatment id$"),
+    "test_csv_header_only": ({"test.csv": "id_code,experiment,plate,well\n"},
+                             r"^test\.csv: no wells \(a header only\): there is nothing to predict"),
+    "cell_line_without_test_wells": (
+        edit("test.csv", "HUVEC-02_4_O22,HUVEC-02,4,O22\n", ""),
+        r"^test\.csv: cell line HUVEC has no test wells, so its model would predict nothing \(its experiments: "
+        r"HUVEC-01, HUVEC-02\); add its test wells, or remove its rows from train\.csv and train_controls\.csv$"),
     "unknown_well_type": (edit("test_controls.csv", "11,positive_control", "11,treatment"),
                           r"^test_controls\.csv: row HUVEC-02_4_C04: unknown well_type 'treatment'"),
     "misspelt_well_type": (edit("train_controls.csv", "12,negative_control\nHEPG2", "12,negative\nHEPG2"),

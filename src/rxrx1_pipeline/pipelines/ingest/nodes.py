@@ -76,12 +76,11 @@ def build_wells(
     tables = {"train.csv": train, "test.csv": test, "train_controls.csv": train_controls,
               "test_controls.csv": test_controls}
     checked = {file: validate_table(df, file) for file, df in tables.items()}
-    control_ids = pd.concat([checked[f]["sirna"] for f in ("train_controls.csv", "test_controls.csv")])
-    if len(control_ids):  # treatment ids must lie below the control ids (no controls: nothing to check)
-        first_control = int(control_ids.min())
-        train_df = checked["train.csv"]
-        _fail("train.csv", train_df, train_df["sirna"] >= first_control,
-              f"siRNA id {{sirna}} out of range (treatment ids must be below the control ids, >= {first_control})")
+    if checked["test.csv"].empty:
+        raise MetadataError("test.csv: no wells (a header only): there is nothing to predict, and a run would "
+                            "train every model before failing; add the test wells (or point data_root at a "
+                            "complete download)")
+    check_sirna_ids(checked)
 
     parts = []
     for file, df in checked.items():
@@ -108,9 +107,41 @@ def build_wells(
     return wells
 
 
+CONTROL_FILES = ("train_controls.csv", "test_controls.csv")
+
+
+def check_sirna_ids(checked: dict[str, pd.DataFrame]) -> None:
+    """Treatment ids (train.csv) must lie below every control id (the control files). When they overlap, the
+    side with fewer offending rows holds the bad one (a treatment row among the control ids, or a control row
+    among the treatment ids), and the error names that file and row, and the row it collides with."""
+    train = checked["train.csv"]
+    controls = pd.concat([checked[f].assign(_file=f) for f in CONTROL_FILES], ignore_index=True)
+    if controls.empty or train.empty:
+        return
+    first_control, last_treatment = int(controls["sirna"].min()), int(train["sirna"].max())
+    if last_treatment < first_control:
+        return
+    high = train[train["sirna"] >= first_control]  # treatment rows among the control ids
+    low = controls[controls["sirna"] <= last_treatment]  # control rows among the treatment ids
+    if len(low) < len(high):
+        file = str(low["_file"].iloc[0])
+        rows = low[low["_file"] == file]
+        same = train.loc[train["sirna"] == rows["sirna"].iloc[0], "id_code"]
+        clash = (f"is also a treatment siRNA id (train.csv, e.g. row {same.iloc[0]})" if len(same)
+                 else f"is not above the treatment ids of train.csv (up to {last_treatment})")
+        _fail(file, rows, pd.Series(True, index=rows.index),
+              f"{{well_type}} siRNA id {{sirna}} {clash}; control ids must lie above every treatment id")
+    same = controls[controls["sirna"] == high["sirna"].iloc[0]]
+    also = (f"; it is the {same['well_type'].iloc[0]} id of {same['_file'].iloc[0]} (row {same['id_code'].iloc[0]})"
+            if len(same) else "")
+    _fail("train.csv", train, train["sirna"] >= first_control,
+          f"siRNA id {{sirna}} out of range (treatment ids must be below the control ids, >= {first_control}){also}")
+
+
 def check_cell_lines_and_splits(wells: pd.DataFrame) -> None:
-    """What the later stages rely on, checked now: every cell line has a pipeline namespace and labelled
-    experiments, and no experiment is in both train and test files. ``wells`` still has its ``_file``."""
+    """What the later stages rely on, checked now: every cell line has a pipeline namespace, labelled
+    experiments and test wells, and no experiment is in both train and test files. ``wells`` still has its
+    ``_file``."""
     for file, rows in wells.groupby("_file", sort=False):
         _fail(file, rows, ~rows["cell_line"].isin(CELL_LINES),
               f"cell line {{cell_line!r}} has no pipeline namespace (the project knows {', '.join(CELL_LINES)}; "
@@ -125,6 +156,12 @@ def check_cell_lines_and_splits(wells: pd.DataFrame) -> None:
     if len(untrained):
         _fail(str(untrained["_file"].iloc[0]), untrained, pd.Series(True, index=untrained.index),
               "cell line {cell_line} has no labelled train experiment to learn from")
+    untested = sorted(trained - set(wells.loc[wells["_file"] == "test.csv", "cell_line"]))
+    if untested:
+        experiments = wells.loc[wells["cell_line"] == untested[0], "experiment"].unique()
+        raise MetadataError(f"test.csv: cell line {untested[0]} has no test wells, so its model would predict "
+                            f"nothing (its experiments: {', '.join(sorted(experiments))}); add its test wells, or "
+                            "remove its rows from train.csv and train_controls.csv")
     absent = sorted(set(CELL_LINES) - set(wells["cell_line"]))
     if absent:
         log.warning("No wells of cell line(s) %s: run the model pipelines with --namespaces=%s", ", ".join(absent),
