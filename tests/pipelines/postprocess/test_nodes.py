@@ -20,6 +20,7 @@ from rxrx1_pipeline.pipelines.postprocess.nodes import (
     assign_wells,
     build_submission,
     ensemble_logits,
+    ensemble_splits,
     evaluate,
     fit_temperature,
     infer_layouts,
@@ -206,5 +207,21 @@ def test_ensemble_sums_members_aligned_by_well_and_refuses_other_wells():
     np.testing.assert_allclose(total["1"], [31.0, 22.0, 13.0])
     np.testing.assert_allclose(total["2"], [0.0, 2.0, 0.0])
     assert ensemble_logits(own, {}) is own
-    with pytest.raises(ValueError, match="ensemble member short: its wells or siRNA columns differ"):
-        ensemble_logits(own, {"short": own.iloc[:2]})
+    with pytest.raises(LogitsError, match=r"^ensemble member short \(07_model_output/ensemble/test/short\.parquet\): "
+                       r"its wells or siRNA columns differ from this run's test logits \(2 vs 3 wells"):
+        ensemble_logits(own, {"short": own.iloc[:2]}, "test")
+    with pytest.raises(LogitsError, match=r"columns differ .* \(3 vs 3 wells, 1 vs 2 columns\)"):
+        ensemble_logits(own, {"one_column": own[["id_code", "1"]]}, "valid")
+
+
+def test_an_ensemble_member_in_one_split_only_is_refused_naming_it():
+    own = pd.DataFrame({"id_code": ["a", "b"], "1": [1.0, 2.0]})
+    valid, test = ensemble_splits(own, own, {"seed1": own}, {"seed1": own})
+    np.testing.assert_allclose(valid["1"], [2.0, 4.0])
+    np.testing.assert_allclose(test["1"], [2.0, 4.0])
+    with pytest.raises(LogitsError, match=r"^ensemble member seed2 is in 07_model_output/ensemble/test/ but not in "
+                       r"ensemble/valid/: every member needs both splits .* copy that run's valid_logits\.parquet to "
+                       r"ensemble/valid/seed2\.parquet, or remove the member$"):
+        ensemble_splits(own, own, {"seed1": own}, {"seed1": own, "seed2": own})
+    with pytest.raises(LogitsError, match=r"^ensemble member seed0 is in 07_model_output/ensemble/valid/ but not"):
+        ensemble_splits(own, own, {"seed0": own}, {})

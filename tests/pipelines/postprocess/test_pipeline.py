@@ -79,9 +79,9 @@ def test_an_ensemble_of_weak_models_beats_one():
     valid = wells[wells["experiment"].isin(["HEPG2-01", "HUVEC-01"])]
     weak = {"valid_logits": simulated_logits(valid, truth, "train", strength=0.6, seed=11),
             "test_logits": simulated_logits(wells, truth, "test", strength=0.6, seed=12)}
-    members = {split: {f"m{seed}": simulated_logits(valid if split == "valid" else wells, truth,
-                                                    "train" if split == "valid" else "test", strength=0.6, seed=seed)
-                       for seed in (seed0, seed0 + 1)}
+    members = {split: {f"m{k}": simulated_logits(valid if split == "valid" else wells, truth,
+                                                 "train" if split == "valid" else "test", strength=0.6, seed=seed0 + k)
+                       for k in (0, 1)}
                for split, seed0 in (("valid", 21), ("test", 31))}
     alone = run_postprocess({**inputs, **weak})
     together = run_postprocess({**inputs, **weak, "valid_logit_members": members["valid"],

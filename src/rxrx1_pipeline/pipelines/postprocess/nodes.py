@@ -26,20 +26,38 @@ from rxrx1_pipeline.plates import layout_columns, layout_long, layout_matrix
 log = logging.getLogger(__name__)
 
 
-def ensemble_logits(logits: pd.DataFrame, members: dict[str, pd.DataFrame]) -> pd.DataFrame:
+def ensemble_logits(logits: pd.DataFrame, members: dict[str, pd.DataFrame], split: str = "") -> pd.DataFrame:
     """This run's cached logits plus every ensemble member's (other models' logits for the same wells and
     siRNAs), summed before layout inference; with no member, the run's own logits."""
     if not members:
         return logits
     total = logits.set_index("id_code").astype(np.float64)
+    where = f"07_model_output/ensemble/{split}/" if split else "the ensemble folder"
     for name, member in members.items():
         other = member.set_index("id_code")
         if set(other.index) != set(total.index) or list(other.columns) != list(total.columns):
-            raise ValueError(f"ensemble member {name}: its wells or siRNA columns differ from this run's logits "
-                             f"({len(other)} vs {len(total)} wells, {other.shape[1]} vs {total.shape[1]} columns)")
+            raise LogitsError(f"ensemble member {name} ({where}{name}.parquet): its wells or siRNA columns differ "
+                              f"from this run's {split + ' ' if split else ''}logits ({len(other)} vs {len(total)} "
+                              f"wells, {other.shape[1]} vs {total.shape[1]} columns)")
         total += other.loc[total.index].astype(np.float64)
-    log.info("Ensemble: this run's logits summed with %d member(s): %s", len(members), ", ".join(members))
+    log.info("Ensemble: this run's %slogits summed with %d member(s): %s", split + " " if split else "",
+             len(members), ", ".join(members))
     return total.astype(np.float32).reset_index()
+
+
+def ensemble_splits(valid_logits: pd.DataFrame, test_logits: pd.DataFrame, valid_members: dict[str, pd.DataFrame],
+                    test_members: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Both splits' ensemble logits (:func:`ensemble_logits`). A member must be in both splits: its validation
+    logits fit the temperature that its test logits are assigned with, so a member in one split only is refused."""
+    for split, mine, other in (("valid", valid_members, test_members), ("test", test_members, valid_members)):
+        alone = sorted(set(mine) - set(other))
+        if alone:
+            twin = "test" if split == "valid" else "valid"
+            raise LogitsError(f"ensemble member {alone[0]} is in 07_model_output/ensemble/{split}/ but not in "
+                              f"ensemble/{twin}/: every member needs both splits (the temperature is fitted on the "
+                              f"valid logits the test logits are assigned with); copy that run's {twin}_logits.parquet "
+                              f"to ensemble/{twin}/{alone[0]}.parquet, or remove the member")
+    return ensemble_logits(valid_logits, valid_members, "valid"), ensemble_logits(test_logits, test_members, "test")
 
 
 def split_logits(logits: pd.DataFrame, wells: pd.DataFrame, sirna_groups: pd.DataFrame

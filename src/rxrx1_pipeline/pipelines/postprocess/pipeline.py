@@ -8,7 +8,7 @@ from kedro.pipeline import Node, Pipeline
 from .nodes import (
     assign_wells,
     build_submission,
-    ensemble_logits,
+    ensemble_splits,
     evaluate,
     fit_temperature,
     infer_layouts,
@@ -19,8 +19,8 @@ SPLITS = ("valid", "test")
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    nodes = [Node(ensemble_logits, [f"{split}_logits", f"{split}_logit_members"], f"{split}_ensemble_logits",
-                  name=f"ensemble_{split}_logits") for split in SPLITS]
+    nodes = [Node(ensemble_splits, ["valid_logits", "test_logits", "valid_logit_members", "test_logit_members"],
+                  ["valid_ensemble_logits", "test_ensemble_logits"], name="ensemble_logits")]
     nodes += [Node(fit_temperature, ["valid_ensemble_logits", "wells", "sirna_groups", "params:postprocess.assignment"],
                    "postprocess_calibration", name="fit_assignment_temperature")]
     for split in SPLITS:
