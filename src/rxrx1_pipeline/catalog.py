@@ -17,6 +17,8 @@ from typing import Any
 
 from kedro.io import DataCatalog
 
+from rxrx1_pipeline.locks import sweep_partials, unique_suffix
+
 
 class AtomicDataCatalog(DataCatalog):
     """A :class:`DataCatalog` whose ``save`` writes through :func:`atomic_target`."""
@@ -28,16 +30,18 @@ class AtomicDataCatalog(DataCatalog):
 
 @contextmanager
 def atomic_target(dataset) -> Iterator[None]:
-    """Point a single-file local dataset at a temporary sibling for the duration of a save, then rename."""
+    """Point a single-file local dataset at a temporary sibling for the duration of a save, then rename.
+
+    The temporary name carries this process's pid and a random token, so concurrent writers never share one,
+    and only the partial files of processes that are gone are swept."""
     target = getattr(dataset, "_filepath", None)
     if (target is None or getattr(dataset, "_protocol", "file") not in ("file", None)
             or getattr(dataset, "_version", None) is not None):
         yield
         return
     final = Path(str(target))
-    for stale in final.parent.glob(f".{final.name}.*.partial"):  # left by a run that was killed
-        shutil.rmtree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
-    tmp = final.with_name(f".{final.name}.{os.getpid()}.partial")
+    sweep_partials(final.parent, f".{final.name}.", ".partial")  # left by killed runs; not live processes' ones
+    tmp = final.with_name(f".{final.name}.{unique_suffix()}.partial")
     dataset._filepath = PurePosixPath(tmp)
     try:
         yield

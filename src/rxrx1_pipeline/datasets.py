@@ -28,6 +28,7 @@ from rxrx1_pipeline.images import (
     open_store,
     write_site,
 )
+from rxrx1_pipeline.locks import sweep_partials, unique_suffix
 
 
 class SiteImagesDataset(AbstractDataset[dict, PngSites]):
@@ -48,18 +49,23 @@ class SiteImagesDataset(AbstractDataset[dict, PngSites]):
 
     def save(self, data: dict[str, np.ndarray | Callable[[], np.ndarray]]) -> None:
         """Write every site into a staging folder, then swap each top folder (train/, test/) into place,
-        so an interrupted save leaves no half-written tree behind."""
-        staging = self._path / ".partial"
-        shutil.rmtree(staging, ignore_errors=True)
+        so an interrupted save leaves no half-written tree behind. The staging folder is this process's own
+        (``.partial-<pid>.<token>``); those of killed runs are removed, those of live processes left alone."""
+        sweep_partials(self._path, ".partial-", "")
+        staging = self._path / f".partial-{unique_suffix()}"
 
         def write(item):
             prefix, value = item
             write_site(staging, prefix, value() if callable(value) else value)
 
-        with ThreadPoolExecutor(self._workers) as pool:
-            for _ in tqdm(pool.map(write, data.items()), total=len(data), desc="writing sites", unit="site",
-                          mininterval=1, disable=None):
-                pass
+        try:
+            with ThreadPoolExecutor(self._workers) as pool:
+                for _ in tqdm(pool.map(write, data.items()), total=len(data), desc="writing sites", unit="site",
+                              mininterval=1, disable=None):
+                    pass
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         for top in sorted(staging.iterdir()):
             shutil.rmtree(self._path / top.name, ignore_errors=True)
             top.replace(self._path / top.name)
@@ -81,9 +87,14 @@ class _FileDataset(AbstractDataset):
 
     def _write(self, write: Callable[[Path], None]) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._path.with_name(f".{self._path.name}.tmp")
-        write(tmp)
-        tmp.replace(self._path)
+        sweep_partials(self._path.parent, f".{self._path.name}.", ".tmp")  # of killed runs only
+        tmp = self._path.with_name(f".{self._path.name}.{unique_suffix()}.tmp")  # never shared by two writers
+        try:
+            write(tmp)
+            tmp.replace(self._path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def _exists(self) -> bool:
         return self._path.is_file()

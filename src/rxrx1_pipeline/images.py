@@ -284,6 +284,23 @@ def _manifest(folder: Path) -> dict | None:
     return json.loads(file.read_text()) if file.is_file() else None
 
 
+def _one_builder(build):
+    """Only one process builds a store at a time: a lock file beside it (``.<store>.lock``) names the builder;
+    a second build fails at once naming it, and the lock of a killed build is taken over (the build resumes)."""
+    import functools
+
+    @functools.wraps(build)
+    def locked(path, *args, **kwargs):
+        from rxrx1_pipeline.locks import FileLock
+
+        lock = Path(path).with_name(f".{Path(path).name}.lock")
+        with FileLock(lock, f"image store {path} (being built)"):
+            return build(path, *args, **kwargs)
+
+    return locked
+
+
+@_one_builder
 def build_store(path: Path, job: DecodeJob, workers: int | None = None, chunk: int = CHUNK) -> None:
     """Decode ``job`` into a store at ``path``; nothing to do when a complete store of the same job is there.
 

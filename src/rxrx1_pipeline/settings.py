@@ -4,6 +4,7 @@ from kedro.config import OmegaConfigLoader
 
 from rxrx1_pipeline.catalog import AtomicDataCatalog
 from rxrx1_pipeline.hooks import TrackRun, ValidateParameters
+from rxrx1_pipeline.locks import OneRunPerOutputRoot
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 # "soft" merging lets an environment (e.g. conf/real) override single nested keys such as HUVEC.training.epochs.
@@ -14,6 +15,8 @@ CONFIG_LOADER_ARGS = {
 }
 # Parameters are checked against the schema (schema.py) before a run starts. kedro-mlflow's own hook
 # (registered by the plugin) opens one MLflow run per `kedro run`; TrackRun logs its metrics and artifacts.
-HOOKS = (ValidateParameters(), TrackRun())
+# One run per output root: a second `kedro run` writing the same outputs is refused naming the first
+# (locks.py); registered before ValidateParameters, so it locks after the parameters passed (LIFO order).
+HOOKS = (OneRunPerOutputRoot(), ValidateParameters(), TrackRun())
 # Every file a catalog dataset writes goes to a temporary name and is renamed into place.
 DATA_CATALOG_CLASS = AtomicDataCatalog
