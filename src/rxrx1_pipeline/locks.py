@@ -12,6 +12,7 @@ whose writer is gone (:func:`sweep_partials`), never another live process's.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -200,6 +201,7 @@ class OneRunPerOutputRoot:
         except LockError:
             self._release()
             raise
+        atexit.register(self._release)  # a run stopped by a signal (SystemExit, KeyboardInterrupt) removes it too
 
     @hook_impl(trylast=True)
     def after_pipeline_run(self, run_params, run_result, pipeline, catalog) -> None:
@@ -212,3 +214,4 @@ class OneRunPerOutputRoot:
     def _release(self) -> None:
         while self._locks:
             self._locks.pop().release()
+        atexit.unregister(self._release)

@@ -5,6 +5,7 @@ from kedro.config import OmegaConfigLoader
 from rxrx1_pipeline.catalog import AtomicDataCatalog
 from rxrx1_pipeline.hooks import TrackRun, ValidateParameters
 from rxrx1_pipeline.locks import OneRunPerOutputRoot
+from rxrx1_pipeline.tracking import CheckTrackingStore, MarkInterruptedRuns, TrackingCannotFailRuns
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 # "soft" merging lets an environment (e.g. conf/real) override single nested keys such as HUVEC.training.epochs.
@@ -17,6 +18,9 @@ CONFIG_LOADER_ARGS = {
 # (registered by the plugin) opens one MLflow run per `kedro run`; TrackRun logs its metrics and artifacts.
 # One run per output root: a second `kedro run` writing the same outputs is refused naming the first
 # (locks.py); registered before ValidateParameters, so it locks after the parameters passed (LIFO order).
-HOOKS = (OneRunPerOutputRoot(), ValidateParameters(), TrackRun())
+# The MLflow store is checked before kedro-mlflow opens it; a tracking error after the start is reported without
+# failing the run; an interrupted run is marked KILLED in MLflow (tracking.py).
+HOOKS = (OneRunPerOutputRoot(), ValidateParameters(), TrackRun(), CheckTrackingStore(), TrackingCannotFailRuns(),
+         MarkInterruptedRuns())
 # Every file a catalog dataset writes goes to a temporary name and is renamed into place.
 DATA_CATALOG_CLASS = AtomicDataCatalog
