@@ -2,7 +2,7 @@
 a user would, and checks that the run either fails loudly (non-zero exit, a message naming the problem,
 no output changed) or recovers (a re-run ends with the result of a run without the fault).
 
-    .venv/bin/python benchmarks/faults.py [--keep DIR]
+    .venv/bin/python benchmarks/faults.py [--keep DIR] [--only TEXT,TEXT...]
 
 Prints one row per case: exit code(s), verdict, the message, and the files the case changed. A case is
 "SILENT" when a run that should fail exits 0 or changes outputs without a word; after every case, every
@@ -53,6 +53,18 @@ if os.environ.get("FAULT") == "kill_during_decode":
         if file.name == images.DONE and array.sum() >= 2:
             os.kill(os.getpid(), signal.SIGKILL)
     images._save_atomic = save_then_die
+if os.environ.get("FAULT") == "artifact_store_fails_mid_run":
+    from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+    def refuse(self, local_file, artifact_path=None):
+        raise PermissionError(13, "Permission denied", os.path.join(self.artifact_dir, os.path.basename(local_file)))
+    LocalArtifactRepository.log_artifact = refuse
+'''
+HOLDER = '''import sys, time
+sys.argv = ["kedro", "run", "--pipelines=full"]  # stands for another run writing the same outputs
+from rxrx1_pipeline.locks import FileLock
+FileLock(sys.stdin.readline().strip(), "output root").acquire()
+print("held", flush=True)
+time.sleep(600)
 '''
 
 
@@ -113,6 +125,7 @@ class Case:
     rerun: tuple[str, ...] = ()  # recovery: the command run after the faulty one
     check: Callable[[Path, subprocess.CompletedProcess], str] | None = None  # recovery: "" when right
     recovered: str = "recovered: same result as without the fault"
+    cleanup: Callable[[Path], None] | None = None  # after the run (e.g. stop a process the fault started)
 
 
 def edit_parquet(rel: str, change: Callable[[pd.DataFrame], None]) -> Callable[[Path], None]:
@@ -172,8 +185,103 @@ def retrained(project: Path, result: subprocess.CompletedProcess) -> str:
     return "reused the checkpoint of the old labels" if "reusing it" in result.stderr else ""
 
 
+def png_16_bit(project: Path) -> None:
+    """One HEPG2 channel image rewritten as a 16-bit PNG of the same picture (values x 257), its store dropped."""
+    from PIL import Image
+
+    file = sorted((project / "data/01_raw/synthetic/train").glob("HEPG2-*/Plate1/*_w2.png"))[0]
+    pixels = np.asarray(Image.open(file)).astype(np.uint16) * 257
+    Image.fromarray(pixels).save(file)
+    drop_store(project)
+
+
+def header_only_test_csv(project: Path) -> None:
+    path = project / "data/01_raw/synthetic/test.csv"
+    path.write_text(path.read_text().splitlines()[0] + "\n")
+
+
+def control_id_of_a_treatment(project: Path) -> None:
+    """One positive-control row of train_controls.csv gets the siRNA id of a treatment."""
+    path = project / "data/01_raw/synthetic/train_controls.csv"
+    controls = pd.read_csv(path)
+    row = controls.index[controls["well_type"] == "positive_control"][0]
+    controls.loc[row, "sirna"] = int(pd.read_csv(project / "data/01_raw/synthetic/train.csv")["sirna"].iloc[0])
+    controls.to_csv(path, index=False)
+
+
+def member_in_test_only(project: Path) -> None:
+    folder = project / "data/07_model_output/ensemble/test"
+    folder.mkdir(parents=True)
+    shutil.copy(project / "data/07_model_output/test_logits.parquet", folder / "seed2.parquet")
+
+
+HOLDERS: dict[Path, subprocess.Popen] = {}
+
+
+def another_run_holds_the_outputs(project: Path) -> None:
+    """A live process holds the output root's run lock, as a `kedro run --pipelines=full` would."""
+    env = {**os.environ, "PYTHONPATH": str(project / "src")}
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER], cwd=project, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, start_new_session=True, env=env)
+    proc.stdin.write(f"{project / 'data' / '.run.lock'}\n")
+    proc.stdin.flush()
+    assert proc.stdout.readline().strip() == "held"
+    HOLDERS[project] = proc
+
+
+def stop_holder(project: Path) -> None:
+    HOLDERS.pop(project).kill()
+
+
+def lock_of_a_killed_run(project: Path) -> None:
+    """The run lock file a kill -9'd run leaves: its details, no process behind them."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (project / "data" / ".run.lock").write_text(json.dumps(
+        {"pid": dead.pid, "host": os.uname().nodename, "started": "2026-01-01 00:00:00",
+         "command": "kedro run --pipelines=full"}))
+
+
+def corrupt_mlflow_db(project: Path) -> None:
+    db = project / "mlflow.db"
+    db.write_bytes(db.read_bytes()[:100] + os.urandom(20000))
+
+
+def artifact_folder_unwritable(project: Path) -> None:
+    """The experiment's artifact folder is a file: nothing can be written there (root or not)."""
+    folder = project / "mlruns" / "1"
+    shutil.rmtree(folder)
+    folder.write_text("not a folder")
+
+
+def tracked_into_the_copy(project: Path, result: subprocess.CompletedProcess) -> str:
+    """The project is a copy of the base (with its mlflow.db): the run's artifacts must land in the copy."""
+    import sqlite3
+
+    with sqlite3.connect(project / "mlflow.db") as con:
+        uri = con.execute("SELECT artifact_uri FROM runs ORDER BY start_time DESC").fetchone()[0]
+    if not uri.startswith(str(project)):
+        return f"artifacts logged outside the copied project: {uri}"
+    if not (Path(uri) / "submission.csv").is_file():
+        return f"no submission.csv among the run's artifacts in {uri}"
+    return ""
+
+
+def both(*checks: Callable[[Path, subprocess.CompletedProcess], str]) -> Callable[[Path, subprocess.CompletedProcess], str]:
+    def check(project: Path, result: subprocess.CompletedProcess) -> str:
+        return next((problem for problem in (c(project, result) for c in checks) if problem), "")
+    return check
+
+
+def printed(text: str) -> Callable[[Path, subprocess.CompletedProcess], str]:
+    def check(project: Path, result: subprocess.CompletedProcess) -> str:
+        return "" if text in result.stderr + result.stdout else f"the run did not say {text!r}"
+    return check
+
+
 def cases(reference: Path) -> list[Case]:
     logits = "data/07_model_output/test_logits.parquet"
+    submission = "data/08_reporting/submission.csv"
     stats = "data/05_model_input/HEPG2/plate_stats.parquet"
     store = "data/05_model_input/image_store/HEPG2/images.npy"
     return [
@@ -212,6 +320,30 @@ def cases(reference: Path) -> list[Case]:
         Case("kill -9 while decoding the image store", drop_store, ("--pipelines=train", "--namespaces=HEPG2"),
              "recover", fault="kill_during_decode", rerun=("--pipelines=train", "--namespaces=HEPG2"),
              check=same_as(reference, store)),
+        Case("16-bit PNG in the image tree", png_16_bit, ("--pipelines=train", "--namespaces=HEPG2"),
+             "is mode I;16 (16-bit, 1 channel)"),
+        Case("header-only test.csv", header_only_test_csv, ("--pipelines=ingest",), "test.csv: no wells (a header only)"),
+        Case("control id equal to a treatment id", control_id_of_a_treatment, ("--pipelines=ingest",),
+             "is also a treatment siRNA id (train.csv"),
+        Case("ensemble member in test/ only", member_in_test_only, ("--pipelines=postprocess",),
+             "ensemble member seed2 is in 07_model_output/ensemble/test/ but not in ensemble/valid/"),
+        Case("second run on the same output root", another_run_holds_the_outputs, ("--pipelines=postprocess",),
+             "is in use by another run: pid", cleanup=stop_holder),
+        Case("run lock left by a killed run", lock_of_a_killed_run, ("--pipelines=postprocess",), "recover",
+             check=both(printed("Taking over the lock of output root"), same_as(reference, submission)),
+             recovered="lock taken over with a warning naming the dead run; same submission"),
+        Case("corrupt mlflow.db", corrupt_mlflow_db, ("--pipelines=postprocess",), "mlflow.db cannot be used"),
+        Case("MLflow artifact folder not writable", artifact_folder_unwritable, ("--pipelines=postprocess",),
+             "MLflow artifact folder of experiment 'synthetic'"),
+        Case("artifact store fails after the run started", nothing, ("--pipelines=postprocess,report",), "recover",
+             fault="artifact_store_fails_mid_run",
+             check=both(printed("The run's outputs are complete, but tracking failed"),
+                        same_as(reference, submission)),
+             recovered="exit 0, outputs complete (same submission); the tracking failures are listed and the "
+                       "MLflow run is marked FAILED"),
+        Case("project copied with its mlflow.db", nothing, ("--pipelines=postprocess",), "recover",
+             check=both(tracked_into_the_copy, same_as(reference, submission)),
+             recovered="the copy's runs log into its own mlruns/ (the experiment was repointed, with a warning)"),
     ]
 
 
@@ -250,6 +382,41 @@ def kill_during_training(base: Path, reference: Path, work: Path) -> dict:
                 reference / "data/08_reporting/submission.csv"))))}
 
 
+def sigterm_during_training(base: Path, reference: Path, work: Path) -> dict:
+    """SIGTERM (a plain `kill`) after the first epoch's checkpoint: the run stops with 143, its MLflow run is
+    KILLED (not RUNNING forever), the run lock is released and no temporary file is left."""
+    import sqlite3
+
+    project = work / "sigterm during training"
+    shutil.copytree(base, project)
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"}
+    proc = subprocess.Popen([str(KEDRO), "run", "--pipelines=train", "--namespaces=HEPG2",
+                             "--params=HEPG2.training.epochs=3"], cwd=project, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    checkpoint = project / "data/06_models/HEPG2/last_epoch.pt"
+    before = checkpoint.stat().st_mtime_ns
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and checkpoint.stat().st_mtime_ns == before:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        code = proc.wait(120)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    with sqlite3.connect(project / "mlflow.db") as con:
+        status = con.execute("SELECT status FROM runs ORDER BY start_time DESC").fetchone()[0]
+    leftovers = [p.name for p in (project / "data").rglob(".*") if p.name != ".gitkeep"]
+    problems = [f"exit {code}, not 143"] * (code != 143) + [f"MLflow run {status}, not KILLED"] * (status != "KILLED") \
+        + [f"left {', '.join(leftovers)}"] * bool(leftovers)
+    return {"case": "SIGTERM during training", "exit": str(code), "verdict": "FAILED" if problems else "ok",
+            "message": "; ".join(problems) or "MLflow run marked KILLED; run lock released; no temporary file left",
+            "changed": "", "half_written": ", ".join(half_written(project, len(pd.read_csv(
+                reference / "data/08_reporting/submission.csv"))))}
+
+
 def prepare(work: Path) -> Path:
     """A project copy with tiny settings, its synthetic data generated and the full pipeline run once."""
     base = copy_project(work / "base")
@@ -267,9 +434,14 @@ def prepare(work: Path) -> Path:
     return base
 
 
+def selected(name: str, only: str | None) -> bool:
+    return not only or any(text in name for text in only.split(","))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temporary one)")
+    parser.add_argument("--only", help="run only the cases whose name contains one of these comma-separated texts")
     args = parser.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="rxrx1-faults-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -280,6 +452,8 @@ def main() -> None:
     before = fingerprint(base)
     rows = []
     for case in cases(reference):
+        if not selected(case.name, args.only):
+            continue
         project = work / case.name.replace("/", "_")
         shutil.copytree(base, project)
         case.inject(project)
@@ -289,14 +463,16 @@ def main() -> None:
         after = fingerprint(project)
         changed = sorted(f for f in set(after) | set(injected) if after.get(f) != injected.get(f))
         codes = str(result.returncode)
+        if case.cleanup:
+            case.cleanup(project)
         if case.expect == "recover":
-            again = run(project, *case.rerun)
-            codes += f", then {again.returncode}"
-            problem = case.check(project, again if case.rerun else result) if again.returncode == 0 else (
-                f"re-run failed: {again.stderr.strip().splitlines()[-1]}")
+            again = run(project, *case.rerun) if case.rerun else result  # no re-run: the run itself must end right
+            codes += f", then {again.returncode}" if case.rerun else ""
+            problem = case.check(project, again) if again.returncode == 0 else (
+                f"{'re-' if case.rerun else ''}run failed: {again.stderr.strip().splitlines()[-1]}")
             verdict = "SILENT" if problem.startswith("reused") else ("ok" if not problem else "FAILED")
             message = problem or case.recovered
-            changed_text = f"{len(changed)} files, then re-run"
+            changed_text = f"{len(changed)} files" + (", then re-run" if case.rerun else "")
         else:
             last = [line for line in output.splitlines() if case.expect in line]
             message = last[-1].strip() if last else (output.strip().splitlines() or [""])[-1]
@@ -312,7 +488,10 @@ def main() -> None:
         rows.append({"case": case.name, "exit": codes, "verdict": verdict, "message": message[:150],
                      "changed": changed_text, "half_written": ", ".join(half_written(project, rows_expected))})
         assert fingerprint(base) == before, "a case changed the base project"
-    rows.append(kill_during_training(base, reference, work))
+    for name, case in (("kill -9 during training", kill_during_training), ("SIGTERM during training",
+                                                                            sigterm_during_training)):
+        if selected(name, args.only):
+            rows.append(case(base, reference, work))
     table = pd.DataFrame(rows)
     with pd.option_context("display.max_colwidth", 150, "display.width", 250):
         print(table.to_string(index=False))
