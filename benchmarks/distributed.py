@@ -31,7 +31,7 @@ def main() -> None:
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
 
-    from rxrx1_pipeline.nn.checkpoints import CheckpointStore
+    from rxrx1_pipeline.datasets import CheckpointStore
     from rxrx1_pipeline.pipelines.train.nodes import train_model
 
     bootstrap_project(ROOT)

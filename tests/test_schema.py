@@ -29,8 +29,15 @@ BAD = {
                         r"postprocess\.assignment: temperature_bounds must be \[low, high\] with low < high"),
     "pseudo-labels after the last epoch": (("HEPG2", "training", "pseudo_labels"), {"start_epoch": 99},
                                            r"HEPG2\.training: pseudo_labels\.start_epoch 99 is after the last epoch"),
-    "shared model with pseudo-labels": (("shared_training", "pseudo_labels"), {"start_epoch": 1},
-                                        r"shared_training: the shared model starts from scratch"),
+    "shared model fine-tuned": (("shared_training", "init"), "shared",
+                                r"shared_training: the shared model starts from scratch"),
+    "pseudo-label shares reversed": (("HEPG2", "training", "pseudo_labels"),
+                                     {"start_epoch": 1, "initial_share": 0.8, "final_share": 0.5},
+                                     r"initial_share 0\.8 is above final_share 0\.5"),
+    "cycles end early": (("RPE", "training", "lr_cycles"), [{"lr": 0.001, "until_epoch": 3}],
+                         r"lr_cycles must end at increasing epochs, the last at or after epochs \(15\)"),
+    "unknown head kind": (("U2OS", "training", "head"), "arc", r"Input should be 'cosface', 'arcface', 'softmax' or "
+                                                                 r"'softmax_arcface'"),
     "crop of no area": (("RPE", "training", "augment"), {"crop_min_area": 0}, r"crop_min_area = 0: Input should be"),
     "negative epochs": (("RPE", "training", "epochs"), -3, r"RPE\.training\.epochs = -3"),
     "zero held out": (("HUVEC", "training", "valid_experiments"), 0,
@@ -66,6 +73,15 @@ def test_bad_value_is_named(path, value, message):
         validate_parameters(params)
 
 
+def test_weights_by_name_and_from_a_file_are_not_both_set():
+    params = conf()
+    params["HEPG2"] = {**params["HEPG2"], "training": {**params["HEPG2"]["training"], "pretrained": "imagenet",
+                                                       "pretrained_weights": "/weights/densenet161.pth"}}
+    with pytest.raises(ParameterError, match=r"HEPG2\.training: pretrained: imagenet and pretrained_weights: "
+                                             r"/weights/densenet161\.pth both set"):
+        validate_parameters(params)
+
+
 def test_only_the_selected_blocks_are_checked():
     params = conf()
     params["inference"] = {**params["inference"], "tta": 0}
@@ -75,11 +91,46 @@ def test_only_the_selected_blocks_are_checked():
 
 
 def test_a_run_with_bad_parameters_writes_nothing(project_copy):
+    from kedro.validation.exceptions import ParameterValidationError
+
     from tests.conftest import session_run
 
-    with pytest.raises(ParameterError, match=r"postprocess\.assignment\.temperature = -1"):
+    with pytest.raises(ParameterValidationError, match=r"Parameter 'postprocess\.assignment'.*\n.*"
+                                                       r"temperature = -1: must be 'auto'"):
         session_run(project_copy, "postprocess", {"postprocess": {"assignment": {"temperature": -1}}})
     assert not any(p.is_file() for p in (project_copy / "data").rglob("*") if p.name != ".gitkeep")
     import mlflow
 
     assert mlflow.active_run() is None  # refused before kedro-mlflow opened a run for it
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"epochs": -3}, r"Parameter 'HEPG2\.training'.*\n.*epochs = -3: Input should be greater than or equal to 0"),
+    ({"epoch": 3}, r"Parameter 'HEPG2\.training'.*\n.*epoch = 3: Extra inputs are not permitted"),
+    ({"arch": "resnet_nonexistent"}, r"arch = 'resnet_nonexistent': timm knows no model of that name"),
+], ids=["rule", "typo", "unknown model"])
+def test_kedro_builds_each_block_and_refuses_a_bad_one_before_any_node(project_copy, change, message):
+    """Kedro validates a node's typed ``params:`` argument when it builds the catalog, before any node runs."""
+    from kedro.validation.exceptions import ParameterValidationError
+
+    from tests.conftest import session_run
+
+    with pytest.raises(ParameterValidationError, match=message):
+        session_run(project_copy, "full", {"HEPG2": {"training": change}})
+    assert not any(p.is_file() for p in (project_copy / "data").rglob("*") if p.name != ".gitkeep")
+
+
+def test_nodes_receive_the_values_the_check_converted(project_copy):
+    """A value given as text on the command line reaches the node as the checked type ("false" is False)."""
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    from rxrx1_pipeline.schema import Training
+
+    bootstrap_project(project_copy)
+    with KedroSession.create(project_path=project_copy,
+                             runtime_params={"HEPG2": {"training": {"final_fit": "false", "epochs": 2.0}}}) as session:
+        context = session.load_context()
+        training = context.catalog.load("params:HEPG2.training")
+    assert isinstance(training, Training)
+    assert training.final_fit is False and training.epochs == 2 and isinstance(training.epochs, int)

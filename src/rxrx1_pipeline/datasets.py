@@ -6,6 +6,7 @@ pixels; torch is imported lazily.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections.abc import Callable
@@ -29,6 +30,9 @@ from rxrx1_pipeline.images import (
     write_site,
 )
 from rxrx1_pipeline.locks import sweep_partials, unique_suffix
+
+
+log = logging.getLogger(__name__)
 
 
 class SiteImagesDataset(AbstractDataset[dict, PngSites]):
@@ -142,16 +146,58 @@ class TorchCheckpointDataset(_FileDataset):
         self._write(lambda tmp: torch.save(data, tmp))
 
 
+class CheckpointStore:
+    """Where a training run keeps its last epoch, so an interrupted run resumes from it: one torch file,
+    replaced atomically after each epoch.
+
+    A state belongs to one ``run_id`` (a fingerprint of settings and data); another run's state is
+    ignored and then overwritten.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._file = TorchCheckpointDataset(filepath=str(self.path))
+
+    def latest(self) -> dict | None:
+        """The last saved training state, or None."""
+        return self._file.load() if self.path.is_file() else None
+
+    def restore(self, run_id: str, net, opt, sched, label: str) -> tuple[int, list[dict], dict]:
+        """Load the saved state of ``run_id`` into the given objects (the data order and augmentation of
+        an epoch follow from the seed and the epoch number, so no random state is kept).
+
+        Returns (epochs done, history rows, the extra state saved with it, e.g. pseudo-labels);
+        (0, [], {}) when there is no state of this run.
+        """
+        state = self.latest()
+        if state is None:
+            return 0, [], {}
+        if state.get("run_id") != run_id:
+            log.info("%s: checkpoint belongs to other settings or data; training from scratch", label)
+            return 0, [], {}
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        log.info("%s: resuming from the checkpoint after epoch %d", label, state["epoch"])
+        return state["epoch"], state["history"], state["extra"]
+
+    def save(self, run_id: str, epoch: int, net, opt, sched, history: list[dict], extra: dict | None = None
+             ) -> None:
+        """Atomically replace the last training state with the one after ``epoch``."""
+        self._file.save({"run_id": run_id, "epoch": epoch, "model": net.state_dict(),
+                         "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                         "history": history, "extra": extra or {}})
+
+
 class CheckpointStoreDataset(_FileDataset):
-    """Hands a training node its ``nn.checkpoints.CheckpointStore`` (loading gives the store, not a state)."""
+    """A training node's resumable checkpoint file, handed over as a :class:`CheckpointStore` that the
+    training loop writes after every epoch. Read-only as a dataset: a run never saves it through the catalog."""
 
-    def load(self):
-        from rxrx1_pipeline.nn.checkpoints import CheckpointStore
-
+    def load(self) -> CheckpointStore:
         return CheckpointStore(self._path)
 
     def save(self, data) -> None:
-        raise NotImplementedError("the training node writes checkpoints through the loaded CheckpointStore")
+        raise DatasetError(f"{self._path}: the training loop writes this checkpoint itself, after every epoch")
 
     def _exists(self) -> bool:
         return True

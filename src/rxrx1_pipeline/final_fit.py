@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from rxrx1_pipeline.plates import CELL_LINES
+from rxrx1_pipeline.schema import plain
 
 
 def final_fit_overrides(parameters: dict[str, Any], temperature: float) -> dict[str, Any]:
     """The parameter overrides of a final fit: ``final_fit`` for each cell line of ``parameters`` and for the
     shared model (when it is trained), and the held-out run's assignment ``temperature``."""
+    parameters = plain(parameters)  # Kedro hands the blocks it checked as models
     overrides: dict[str, Any] = {}
     if parameters.get("shared_training", {}).get("epochs"):
         overrides["shared_training.final_fit"] = True

@@ -8,20 +8,26 @@ from pathlib import Path
 import pandas as pd
 from kedro.framework.hooks import hook_impl
 
-from rxrx1_pipeline.schema import validate_parameters
+from rxrx1_pipeline.schema import check_across_blocks
 
 
 class ValidateParameters:
-    """Checks every parameter block the selected pipeline reads against the schema, before any node runs.
+    """What Kedro's own check of each parameter block (the node's type hint: a model of ``schema.py``) cannot
+    see, before any node runs: the rules across blocks, and timm's ImageNet weights for every model set to
+    start from them (fetched into timm's cache now, or the run stops naming the settings to change).
 
     It runs before the other hooks (``tryfirst``), so a refused run leaves no open MLflow run behind.
     """
 
     @hook_impl(tryfirst=True)
     def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
-        blocks = {name.removeprefix("params:").split(".")[0] for name in pipeline.datasets()
-                  if name.startswith("params:")}
-        validate_parameters(catalog.load("parameters"), blocks)
+        names = sorted(name.removeprefix("params:") for name in pipeline.datasets() if name.startswith("params:"))
+        check_across_blocks(catalog.load("parameters"), {name.split(".")[0] for name in names})
+        for name in names:
+            if name.endswith("training") and catalog.load(f"params:{name}").pretrained == "imagenet":
+                from rxrx1_pipeline.nn.network import fetch_imagenet_weights
+
+                fetch_imagenet_weights(catalog.load(f"params:{name}").arch, name)
 
 
 # Catalog entries whose files are attached to the MLflow run once they are written.
@@ -42,6 +48,19 @@ class TrackRun:
     @hook_impl
     def after_catalog_created(self, catalog) -> None:
         self._catalog = catalog
+
+    @hook_impl
+    def before_node_run(self, node, inputs: dict) -> None:
+        """Each parameter block Kedro built as a model is logged one setting per MLflow param, e.g.
+        ``HEPG2.training.lr`` (kedro-mlflow flattens plain dicts only)."""
+        import mlflow
+        from pydantic import BaseModel
+
+        if mlflow.active_run() is None:
+            return
+        for name, value in inputs.items():
+            if name.startswith("params:") and isinstance(value, BaseModel):
+                mlflow.log_params(flatten(value.model_dump(mode="json"), name.removeprefix("params:")))
 
     @hook_impl
     def after_dataset_saved(self, dataset_name: str, data) -> None:
@@ -66,7 +85,7 @@ def tracked_metrics(dataset_name: str, data: pd.DataFrame) -> dict[str, list[tup
     ``<cell line>.history`` gives one history per numeric column over the epochs; ``postprocess_metrics``
     gives the raw/masked/assigned accuracy and layout correctness per cell line and overall (step 0).
     """
-    history = re.fullmatch(r"(\w+)\.history", dataset_name)
+    history = re.fullmatch(r"(\w+)[._]history", dataset_name)  # <cell line>.history, shared_history
     if history:
         cell_line = history.group(1)
         return {f"{cell_line}.{column}": [(int(epoch), float(value))
@@ -77,3 +96,14 @@ def tracked_metrics(dataset_name: str, data: pd.DataFrame) -> dict[str, list[tup
         return {f"valid.{row['name']}.{stage}": [(0, float(row[stage]))]
                 for _, row in rows.iterrows() for stage in ("raw", "masked", "assigned", "layout_correct")}
     return {}
+
+
+def flatten(values: dict, prefix: str) -> dict[str, str]:
+    """``{"a": {"b": 1}}`` as ``{"<prefix>.a.b": "1"}`` (lists as their text)."""
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}.{key}"))
+        else:
+            flat[f"{prefix}.{key}"] = str(value)
+    return flat

@@ -1,7 +1,11 @@
-"""One typed schema for every parameter block, checked before a run writes anything.
+"""One typed schema for every parameter block: the one home of their defaults and rules.
 
-``validate_parameters`` checks the blocks a pipeline reads and raises :class:`ParameterError` listing
-each bad key with its value and what is allowed. ``hooks.ValidateParameters`` calls it when a run starts.
+Kedro builds each node's ``params:`` argument from its YAML block with the model its type hint names
+(``Training``, ``Inference``...), before any node runs, so a node reads attributes of a checked value.
+A bad block fails with :class:`ParameterError` listing each bad key with its value and what is allowed.
+Rules that span blocks (a fine-tuned cell line needs a trained shared model...) live in
+:func:`check_across_blocks`, which ``hooks.ValidateParameters`` runs when a run starts;
+:func:`validate_parameters` checks a whole parameters mapping (tests, ``final_fit``).
 """
 
 from __future__ import annotations
@@ -24,8 +28,31 @@ NonNegativeInt = Annotated[int, Field(ge=0)]
 NonNegative = Annotated[float, Field(ge=0)]
 
 
+class ParameterError(ValueError):
+    """Parameters break the schema; the message lists every bad key, its value and what is allowed."""
+
+
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=False)
+    """A parameter block: unknown keys (typos) are refused; a failed check lists every bad key."""
+
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+
+    @classmethod
+    def model_validate(cls, obj: Any, *args: Any, **kwargs: Any):
+        try:
+            return super().model_validate(obj, *args, **kwargs)
+        except ValidationError as exc:
+            raise ParameterError("\n  ".join(["invalid parameters (nothing was run):", *problems_of(exc)])) from None
+
+
+def problems_of(exc: ValidationError, block: str = "") -> list[str]:
+    """One line per failed check of ``exc``: ``key = value: rule`` (``key: rule`` for a check across a block)."""
+    problems = []
+    for error in exc.errors():
+        key = ".".join([p for p in [block, *(str(p) for p in error["loc"])] if p])
+        value, message = error.get("input"), error["msg"].removeprefix("Value error, ")
+        problems.append(f"{key}: {message}" if isinstance(value, dict) or not key else f"{key} = {value!r}: {message}")
+    return problems
 
 
 class Synthetic(Strict):
@@ -67,17 +94,42 @@ class Distributed(Strict):
 
 
 class Augment(Strict):
+    """Batch augmentations besides a random dihedral view per site (``nn/augment.py``); each default is off."""
+
     crop_min_area: Annotated[float, Field(gt=0, le=1)] = 1.0
+    zoom_min_edge: Annotated[float, Field(gt=0, le=1)] = 1.0
+    intensity_gain_std: NonNegative = 0.0
+    intensity_bias_std: NonNegative = 0.0
     mixup: NonNegative = 0.0
     cutmix: NonNegative = 0.0
 
 
 class PseudoLabels(Strict):
+    """Progressive pseudo-labels (``nn/pseudo.py``): the labelled share of candidate wells grows linearly from
+    ``initial_share`` at ``start_epoch`` to ``final_share`` at the last epoch."""
+
     start_epoch: NonNegativeInt = 0
+    initial_share: Annotated[float, Field(ge=0, le=1)] = 0.0
     final_share: Annotated[float, Field(gt=0, le=1)] = 0.5
+
+    @model_validator(mode="after")
+    def _shares(self):
+        if self.initial_share > self.final_share:
+            raise ValueError(f"initial_share {self.initial_share} is above final_share {self.final_share}")
+        return self
+
+
+class LrCycle(Strict):
+    """One cosine cycle of the learning rate: from ``lr`` down towards 0 at ``until_epoch``."""
+
+    lr: Annotated[float, Field(gt=0, le=1)]
+    until_epoch: PositiveInt
 
 
 class Training(Strict):
+    """A model's training recipe (``<cell line>.training``, ``shared_training``). Every field but the
+    runtime ones (``nn.identity.RUNTIME_ONLY``) is part of the trained model's fingerprint."""
+
     valid_experiments: Any
 
     @field_validator("valid_experiments")
@@ -88,17 +140,36 @@ class Training(Strict):
             raise ValueError("must be a count >= 1 (the last N labelled experiments) or a list of experiment names")
         return value
     arch: Annotated[str, Field(min_length=1)]
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, value: str) -> str:
+        import timm
+
+        if not timm.is_model(value):
+            close = timm.list_models(f"*{value[:4]}*")[:5]
+            raise ValueError(f"timm knows no model of that name{' (close: ' + ', '.join(close) + ')' if close else ''}")
+        return value
+    pretrained: Literal["none", "imagenet"] = "none"
     pretrained_weights: str | None = None
     image_size: Annotated[int, Field(ge=8)]
     embedding_dim: Annotated[int, Field(ge=2)]
-    head: Literal["cosface", "arcface", "softmax"]
+    neck: Literal["linear", "mlp"] = "linear"
+    line_input: Literal["embedding", "one_hot"] = "embedding"
+    head: Literal["cosface", "arcface", "softmax", "softmax_arcface"]
     margin: NonNegative
     scale: Annotated[float, Field(gt=0)]
+    arcface_weight: Annotated[float, Field(ge=0, le=1)] = 0.2
+    batchnorm_momentum: Annotated[float, Field(gt=0, le=1)] = 0.1
     normalization: Literal["plate", "image"]
     epochs: NonNegativeInt  # 0 only with init shared (checked below)
     batch_size: Annotated[int, Field(ge=2)]  # BatchNorm needs two samples
+    accumulate_steps: PositiveInt = 1
+    optimizer: Literal["adamw", "adam"] = "adamw"
     lr: Annotated[float, Field(gt=0, le=1)]
+    lr_cycles: list[LrCycle] = []
     weight_decay: NonNegative
+    mixed_precision: bool = True
     seed: int
     validate_every: NonNegativeInt
     num_workers: NonNegativeInt
@@ -124,6 +195,21 @@ class Training(Strict):
         return self
 
     @model_validator(mode="after")
+    def _weights(self):
+        if self.pretrained != "none" and self.pretrained_weights:
+            raise ValueError(f"pretrained: {self.pretrained} and pretrained_weights: {self.pretrained_weights} "
+                             "both set: choose timm's weights by name or a local file, not both")
+        return self
+
+    @model_validator(mode="after")
+    def _cycles(self):
+        ends = [cycle.until_epoch for cycle in self.lr_cycles]
+        if ends and (ends != sorted(set(ends)) or ends[-1] < self.epochs):
+            raise ValueError(f"lr_cycles must end at increasing epochs, the last at or after epochs "
+                             f"({self.epochs}); got until_epoch {ends}")
+        return self
+
+    @model_validator(mode="after")
     def _global_batch(self):
         world = self.distributed.nproc_per_node
         if isinstance(world, int):
@@ -135,13 +221,12 @@ class Training(Strict):
 
 
 class SharedTraining(Training):
-    """The shared model's recipe: a training block that starts from scratch, without pseudo-labels (0
-    epochs: no shared model)."""
+    """The shared model's recipe: a training block that starts from scratch (0 epochs: no shared model)."""
 
     @model_validator(mode="after")
     def _shared(self):
-        if self.init != "scratch" or self.pseudo_labels.start_epoch:
-            raise ValueError("the shared model starts from scratch (init: scratch) and has no pseudo-labels")
+        if self.init != "scratch":
+            raise ValueError("the shared model starts from scratch (init: scratch)")
         return self
 
     zero_epochs_allowed: ClassVar[bool] = True  # 0 epochs: no shared model
@@ -195,13 +280,10 @@ BLOCKS: dict[str, type[BaseModel]] = {"synthetic": Synthetic, "inference": Infer
                                       "postprocess": Postprocess, **{cl: CellLine for cl in CELL_LINES}}
 
 
-class ParameterError(ValueError):
-    """Parameters break the schema; the message lists every bad key, its value and what is allowed."""
-
-
 def validate_parameters(parameters: dict[str, Any], blocks: set[str] | None = None) -> None:
-    """Check the named top-level blocks (default: all known) of a parameters mapping."""
-    problems = []
+    """Check the named top-level blocks (default: all known) of a parameters mapping, and the rules across
+    them; one :class:`ParameterError` lists every problem found."""
+    problems, checked = [], {}
     for block in sorted(blocks if blocks is not None else BLOCKS):
         schema = BLOCKS.get(block)
         if schema is None:
@@ -210,30 +292,51 @@ def validate_parameters(parameters: dict[str, Any], blocks: set[str] | None = No
             problems.append(f"{block}: missing (every run of these pipelines needs it)")
             continue
         try:
-            schema.model_validate(parameters[block])
+            checked[block] = super(Strict, schema).model_validate(plain(parameters[block]))
         except ValidationError as exc:
-            for error in exc.errors():
-                key = ".".join([block, *(str(p) for p in error["loc"])])
-                value, message = error.get("input"), error["msg"].removeprefix("Value error, ")
-                # a check across a whole block names the block, not all of its values
-                problems.append(f"{key}: {message}" if isinstance(value, dict) else f"{key} = {value!r}: {message}")
-    chosen = blocks if blocks is not None else BLOCKS
+            problems += problems_of(exc, block)
+    problems += cross_block_problems({**parameters, **checked}, blocks if blocks is not None else set(BLOCKS))
+    if problems:
+        raise ParameterError("invalid parameters (nothing was run):\n  " + "\n  ".join(problems))
+
+
+def check_across_blocks(parameters: dict[str, Any], blocks: set[str]) -> None:
+    """The rules that span the named blocks (each block itself is already checked: Kedro built it)."""
+    problems = cross_block_problems(parameters, blocks)
+    if problems:
+        raise ParameterError("invalid parameters (nothing was run):\n  " + "\n  ".join(problems))
+
+
+def cross_block_problems(parameters: dict[str, Any], blocks: set[str]) -> list[str]:
+    """What breaks a rule across blocks: cell lines fine-tuned from an untrained shared model, and a final fit
+    whose assignment temperature would be fitted on the wells it trained on."""
+    parameters = plain(parameters)
+    problems = []
     line_training = {cl: parameters[cl].get("training", {}) for cl in CELL_LINES
-                     if cl in chosen and isinstance(parameters.get(cl), dict)}
-    shared_training = parameters.get("shared_training", {}) if "shared_training" in chosen else {}
+                     if cl in blocks and isinstance(parameters.get(cl), dict)}
+    shared_training = parameters.get("shared_training", {}) if "shared_training" in blocks else {}
     shared = [cl for cl, training in line_training.items() if training.get("init") == "shared"]
-    if shared and "shared_training" in chosen and not shared_training.get("epochs"):
+    if shared and "shared_training" in blocks and not shared_training.get("epochs"):
         problems.append(f"{', '.join(shared)}.training.init = 'shared' with shared_training.epochs = 0: set "
                         "shared_training.epochs >= 1 to train the shared model they start from")
     final = [f"{cl}.training.final_fit" for cl, training in line_training.items() if training.get("final_fit")]
     final += ["shared_training.final_fit"] if shared_training.get("final_fit") else []
     temperature = parameters.get("postprocess", {}).get("assignment", {}).get("temperature")
-    if final and "postprocess" in chosen and temperature == "auto":
+    if final and "postprocess" in blocks and temperature == "auto":
         problems.append(f"{', '.join(final)} = True with postprocess.assignment.temperature = "
                         "'auto': the validation wells are then training data; set the temperature that the "
                         "held-out run fitted (its 08_reporting/postprocess_calibration.json)")
-    if problems:
-        raise ParameterError("invalid parameters (nothing was run):\n  " + "\n  ".join(problems))
+    return problems
+
+
+def plain(value: Any) -> Any:
+    """``value`` with every parameter model in it turned back into a plain dict (Kedro puts the models it
+    built into the parameters mapping)."""
+    if isinstance(value, BaseModel):
+        return value.model_dump()
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    return value
 
 
 class ImageSource(Strict):

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from rxrx1_pipeline.datasets import ImageStoreDataset, SiteImagesDataset
 from rxrx1_pipeline.pipelines.ingest.nodes import (
@@ -16,30 +17,39 @@ from rxrx1_pipeline.pipelines.train.nodes import (
     plate_statistics,
     select_sites,
 )
-from rxrx1_pipeline.schema import ImageSource
+from rxrx1_pipeline.schema import ImageSource, Inference, Synthetic, Training
 
 TINY_SYNTHETIC = {
     "seed": 3, "image_size": 16, "cell_lines": ["HEPG2"], "experiments": {"train": 3, "test": 1},
     "sirnas_per_group": 3, "positive_controls": 1, "missing_well_rate": 0.0, "phenotype_strength": 1.5,
     "cell_line_specificity": 0.3, "batch_strength": 0.3, "noise": 0.3,
 }
-TINY_TRAINING = {
+TINY_TRAINING_VALUES = {
     "valid_experiments": 1, "arch": "test_resnet", "pretrained_weights": None, "image_size": 16,
     "embedding_dim": 16, "head": "cosface", "margin": 0.1, "scale": 16.0, "normalization": "plate",
     "epochs": 2, "batch_size": 16, "lr": 0.003, "weight_decay": 0.0, "seed": 0, "validate_every": 1,
     "num_workers": 0, "channels_last": True, "controls": "train_experiments",
     "final_fit": False,
 }
-TINY_INFERENCE = {"tta": 2, "batch_size": 16, "num_workers": 0, "batchnorm": "trained", "plate_centring": False}
+TINY_TRAINING = Training.model_validate(TINY_TRAINING_VALUES)
+TINY_INFERENCE = Inference.model_validate({"tta": 2, "batch_size": 16, "num_workers": 0, "batchnorm": "trained",
+                                           "plate_centring": False})
+
+
+def changed(block: BaseModel, changes: dict, as_type: type[BaseModel] | None = None) -> BaseModel:
+    """``block`` with ``changes``, checked as a parameter block (of ``as_type``, default its own type) the way
+    Kedro checks a node's typed ``params:`` argument."""
+    return (as_type or type(block)).model_validate({**block.model_dump(), **changes})
 
 
 @pytest.fixture(scope="package")
 def tiny_data(tmp_path_factory):
     """(PNG reader, wells, sites, classes) of a one-cell-line synthetic dataset written as PNGs."""
     root = tmp_path_factory.mktemp("rxrx1")
-    train, test, train_controls, test_controls, truth = design_plates(TINY_SYNTHETIC)
+    synthetic = Synthetic.model_validate(TINY_SYNTHETIC)
+    train, test, train_controls, test_controls, truth = design_plates(synthetic)
     images = SiteImagesDataset(path=str(root), workers=1)
-    images.save(render_sites(truth, TINY_SYNTHETIC))
+    images.save(render_sites(truth, synthetic))
     wells = build_wells(train, test, train_controls, test_controls)
     return images.load(), wells, build_sites(wells), build_class_index(wells)
 
@@ -57,4 +67,4 @@ def prepared(tiny_data, tmp_path_factory):
 
 @pytest.fixture
 def tiny_training():
-    return dict(TINY_TRAINING)
+    return TINY_TRAINING

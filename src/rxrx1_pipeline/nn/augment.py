@@ -1,4 +1,5 @@
-"""Batch augmentations beyond the dihedral views: random resized crops, and mixup / CutMix of sites.
+"""Batch augmentations beyond the dihedral views: zooms, random resized crops, intensity jitter, and
+mixup / CutMix of sites.
 
 Every draw comes from the step's generator (the same on every DDP rank), so a step is reproducible
 from (seed, epoch) like its dihedral views.
@@ -29,6 +30,32 @@ def resized_crop(x: torch.Tensor, min_area: float, generator: torch.Generator) -
     theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = width, centre_x, height, centre_y
     grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def zoom(x: torch.Tensor, min_edge: float, generator: torch.Generator) -> torch.Tensor:
+    """Each image of the batch cropped to a random square of edge ``min_edge``..1 of its own (inside the image)
+    and resized back to full size with nearest-neighbour sampling (the 1st place's zoom). 1: unchanged."""
+    if min_edge >= 1:
+        return x
+    n = len(x)
+    edge = min_edge + (1 - min_edge) * torch.rand(n, generator=generator)
+    centre_x = (1 - edge) * (torch.rand(n, generator=generator) * 2 - 1)
+    centre_y = (1 - edge) * (torch.rand(n, generator=generator) * 2 - 1)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = edge, centre_x, edge, centre_y
+    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="nearest", padding_mode="border", align_corners=False)
+
+
+def jitter_intensity(x: torch.Tensor, gain_std: float, bias_std: float, generator: torch.Generator) -> torch.Tensor:
+    """Each channel of each (normalised) image scaled by a gain ~ N(1, ``gain_std``) and shifted by a bias
+    ~ N(0, ``bias_std``), drawn independently (the 1st place's pixel-wise augmentation). 0 and 0: unchanged."""
+    if gain_std == 0 and bias_std == 0:
+        return x
+    shape = (x.shape[0], x.shape[1], 1, 1)
+    gain = 1 + gain_std * torch.randn(shape, generator=generator)
+    bias = bias_std * torch.randn(shape, generator=generator)
+    return x * gain.to(x.device, x.dtype) + bias.to(x.device, x.dtype)
 
 
 def mix(x: torch.Tensor, mixup: float, cutmix: float, generator: torch.Generator

@@ -41,21 +41,21 @@ def train(job: TrainJob, nproc: int, nnodes: int = 1, rdzv_endpoint: str | None 
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     config = LaunchConfig(min_nodes=nnodes, max_nodes=nnodes, nproc_per_node=nproc,
-                          run_id=f"{job.cell_line}-{uuid.uuid4().hex[:8]}" if nnodes == 1 else job.run_id,
+                          run_id=f"{job.label}-{uuid.uuid4().hex[:8]}" if nnodes == 1 else job.run_id,
                           rdzv_backend="c10d", rdzv_endpoint=rdzv_endpoint or "localhost:0",
                           max_restarts=0, start_method="spawn", monitor_interval=0.1)
-    log.info("%s: training on %d process(es) x %d node(s) with DDP (%s)", job.cell_line, nproc, nnodes,
+    log.info("%s: training on %d process(es) x %d node(s) with DDP (%s)", job.label, nproc, nnodes,
              "nccl" if torch.cuda.is_available() else "gloo")
     try:
         results = elastic_launch(config, _worker)(job)
     except ChildFailedError as exc:
         first = min(exc.failures.items())[1]
         message = first.message if isinstance(first.message, str) else first.message.get("message", "")
-        raise RuntimeError(f"{job.cell_line}: DDP training failed on rank {first.local_rank}: "
+        raise RuntimeError(f"{job.label}: DDP training failed on rank {first.local_rank}: "
                            f"{message.strip().splitlines()[-1] if message else exc}") from None
     mine = results.get(0)  # keyed by global rank: only the first node holds rank 0
     if mine is None:
-        raise RuntimeError(f"{job.cell_line}: this node holds no rank 0; its outputs come from the first node")
+        raise RuntimeError(f"{job.label}: this node holds no rank 0; its outputs come from the first node")
     return mine
 
 

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import threading
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,6 +12,7 @@ from tqdm.auto import tqdm
 
 from rxrx1_pipeline.images import ImageStore
 from rxrx1_pipeline.nn.data import StoreSites, dihedral, loader, random_dihedral, views_of_step
+from rxrx1_pipeline.schema import Training
 
 
 def device(name: str | None = None) -> torch.device:
@@ -36,20 +34,6 @@ def seeded_network(build, seed: int):
         return build()
 
 
-def fingerprint(obj) -> str:
-    """Short stable hash of a JSON-able object (training settings and data)."""
-    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def code_version() -> str:
-    """Fingerprint of the training code (the nn package, the train nodes and the kernels pseudo-labelling
-    uses), part of a run's identity."""
-    package = Path(__file__).resolve().parents[1]
-    files = sorted((package / "nn").glob("*.py")) + [package / "pipelines" / "train" / "nodes.py",
-                                                     package / "kernels.py"]
-    return hashlib.sha1(b"".join(f.read_bytes() for f in files)).hexdigest()[:16]
-
-
 def cosine_lr(step: int, total: int, warmup: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
@@ -57,43 +41,66 @@ def cosine_lr(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def optimiser(net: torch.nn.Module, settings: dict, steps_per_epoch: int):
-    """AdamW with linear warm-up over half an epoch, then cosine decay to 0 at the last epoch."""
-    total = settings["epochs"] * steps_per_epoch
-    opt = torch.optim.AdamW(net.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"])
+def cycles_lr(epoch: float, cycles) -> float:
+    """The learning rate at (fractional) ``epoch`` of cosine cycles: each falls from its ``lr`` towards 0
+    at its ``until_epoch`` and the next starts where it ends (a restart)."""
+    start = 0
+    for cycle in cycles:
+        if epoch < cycle.until_epoch:
+            return cycle.lr * 0.5 * (1 + math.cos(math.pi * (epoch - start) / (cycle.until_epoch - start)))
+        start = cycle.until_epoch
+    return 0.0
+
+
+def optimiser(net: torch.nn.Module, training: Training, steps_per_epoch: int):
+    """The optimiser (AdamW, or Adam with L2 weight decay) and its per-batch schedule: with ``lr_cycles``
+    the cosine cycles of :func:`cycles_lr`, else a linear warm-up over half an epoch to ``lr``, then cosine
+    decay to 0 at the last epoch."""
+    kind = torch.optim.AdamW if training.optimizer == "adamw" else torch.optim.Adam
+    if training.lr_cycles:  # the schedule gives the rate itself: a base rate of 1
+        opt = kind(net.parameters(), lr=1.0, weight_decay=training.weight_decay)
+        cycles = training.lr_cycles
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cycles_lr(s / steps_per_epoch, cycles))
+        return opt, sched
+    total = training.epochs * steps_per_epoch
+    opt = kind(net.parameters(), lr=training.lr, weight_decay=training.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, total, max(1, steps_per_epoch // 2)))
     return opt, sched
 
 
 def run_epoch(step, norm, opt, sched, data, plates: torch.Tensor, views: torch.Generator, desc: str,
-              rank: int = 0, world: int = 1, lines: torch.Tensor | None = None, augment: dict | None = None
+              training: Training, rank: int = 0, world: int = 1, lines: torch.Tensor | None = None
               ) -> tuple[float, float]:
     """One pass over this rank's share of the fit sites, each in its drawn dihedral view (bf16 autocast
-    on CUDA). ``step(x, labels, lines, partner, lam)`` returns (margin logits, loss); with ``world`` > 1
-    it is the DDP-wrapped model. ``plates`` and ``lines`` (cell line per site, or None) are indexed by
-    dataset position. ``augment`` (``crop_min_area``, ``mixup``, ``cutmix``) adds random resized crops and
-    mixup / CutMix (:mod:`rxrx1_pipeline.nn.augment`).
+    on CUDA with ``training.mixed_precision``). ``step(x, labels, lines, partner, lam)`` returns (logits,
+    loss); with ``world`` > 1 it is the DDP-wrapped model. ``plates`` and ``lines`` (cell line per site, or
+    None) are indexed by dataset position. ``training.augment`` adds zooms (before normalisation), random
+    resized crops, intensity jitter and mixup / CutMix (:mod:`rxrx1_pipeline.nn.augment`). The weights take
+    a step every ``training.accumulate_steps`` batches (and after the last), on the mean of their gradients;
+    the schedule advances every batch.
 
     Returns mean loss and site accuracy over all ranks. A non-finite loss on any rank stops every rank
     (FloatingPointError) before the weights take that step.
     """
     import torch.distributed as dist
 
-    from rxrx1_pipeline.nn.augment import mix, resized_crop
+    from rxrx1_pipeline.nn.augment import jitter_intensity, mix, resized_crop, zoom
 
-    augment = augment or {}
+    augment, accumulate = training.augment, training.accumulate_steps
     dev = next(step.parameters()).device
     step.train()
     totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, seen
     bar = tqdm(data, desc=desc, unit="batch", leave=False, mininterval=1, disable=True if rank else None)
+    opt.zero_grad(set_to_none=True)
     for batch, (images, idx, labels) in enumerate(bar, start=1):
-        x = norm(random_dihedral(images, views_of_step(views, len(images), rank, world)).to(dev, non_blocking=True),
-                 plates[idx])
-        x = resized_crop(x, augment.get("crop_min_area", 1.0), views)
-        x, partner, lam = mix(x, augment.get("mixup", 0.0), augment.get("cutmix", 0.0), views)
+        x = random_dihedral(images, views_of_step(views, len(images), rank, world)).to(dev, non_blocking=True)
+        x = norm(zoom(x.float(), augment.zoom_min_edge, views), plates[idx])
+        x = resized_crop(x, augment.crop_min_area, views)
+        x = jitter_intensity(x, augment.intensity_gain_std, augment.intensity_bias_std, views)
+        x, partner, lam = mix(x, augment.mixup, augment.cutmix, views)
         labels = labels.to(dev)
         line = None if lines is None else lines[idx].to(dev)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda" and training.mixed_precision):
             logits, loss = step(x, labels, line, partner, lam)
         value = loss.item()
         finite = math.isfinite(value)
@@ -104,9 +111,10 @@ def run_epoch(step, norm, opt, sched, data, plates: torch.Tensor, views: torch.G
         if not finite:
             became = value if not math.isfinite(value) else "non-finite on another rank"
             raise FloatingPointError(f"{desc}: the loss became {became} at batch {batch} of {len(data)}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        (loss / accumulate if accumulate > 1 else loss).backward()
+        if batch % accumulate == 0 or batch == len(data):
+            opt.step()
+            opt.zero_grad(set_to_none=True)
         sched.step()
         totals += torch.tensor([value * len(labels), (logits.argmax(1) == labels).sum().item(), len(labels)],
                                dtype=torch.float64)

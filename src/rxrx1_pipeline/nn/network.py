@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -41,31 +42,49 @@ class Normaliser(nn.Module):
 
 
 class EmbeddingNet(nn.Module):
-    """timm backbone -> embedding (linear + BN) -> margin cosine classifier or softmax.
+    """timm backbone -> neck -> embedding -> classifier head.
 
-    A model of several cell lines (``n_lines`` > 1) takes the cell line as an input: a learned vector per
-    cell line added to the backbone's features. Sites without a given line use ``own_line`` (the one
-    cell line a per-cell-line model predicts).
+    ``neck``: ``linear`` (linear + BN) or ``mlp`` (BN, linear, ReLU, BN, linear, BN: the 1st place's). ``head``:
+    a margin cosine classifier (``cosface``, ``arcface``), a plain ``softmax``, or ``softmax_arcface``: a softmax
+    classifier plus an ArcFace classifier trained beside it (loss weight ``arcface_weight``), inference from the
+    softmax one. A model of several cell lines (``n_lines`` > 1) takes the cell line as an input
+    (``line_input``): a learned vector per line added to the backbone's features (``embedding``), or the
+    line's one-hot code concatenated to them (``one_hot``). Sites without a given line use ``own_line`` (the
+    one cell line a per-cell-line model predicts).
     """
 
     def __init__(self, arch: str, n_classes: int, embedding_dim: int, head: str = "cosface",
                  margin: float = 0.2, scale: float = 30.0, pretrained_weights: str | None = None,
-                 n_lines: int = 1, own_line: int = 0):
+                 n_lines: int = 1, own_line: int = 0, neck: str = "linear", line_input: str = "embedding",
+                 arcface_weight: float = 0.2, imagenet: bool = False):
         super().__init__()
-        if head not in ("cosface", "arcface", "softmax"):
-            raise ValueError(f"head must be cosface, arcface or softmax, got {head!r}")
-        self.backbone = timm.create_model(arch, pretrained=False, in_chans=N_CHANNELS, num_classes=0)
+        if head not in ("cosface", "arcface", "softmax", "softmax_arcface"):
+            raise ValueError(f"head must be cosface, arcface, softmax or softmax_arcface, got {head!r}")
+        self.backbone = timm.create_model(arch, pretrained=imagenet, in_chans=N_CHANNELS, num_classes=0)
         if pretrained_weights:
             load_pretrained(self.backbone, pretrained_weights)
-        self.embed = nn.Sequential(nn.Linear(self.backbone.num_features, embedding_dim),
-                                   nn.BatchNorm1d(embedding_dim))
-        self.weight = nn.Parameter(torch.randn(n_classes, embedding_dim) * 0.01)
-        self.bias = nn.Parameter(torch.zeros(n_classes)) if head == "softmax" else None
-        self.head, self.margin, self.scale = head, margin, scale
-        self.line_embedding = nn.Embedding(n_lines, self.backbone.num_features) if n_lines > 1 else None
+        features = self.backbone.num_features
+        self.line_input = line_input if n_lines > 1 else None
+        self.n_lines, self.own_line = n_lines, own_line
+        width = features + (n_lines if self.line_input == "one_hot" else 0)
+        if neck == "mlp":
+            self.embed = nn.Sequential(nn.BatchNorm1d(width), nn.Linear(width, embedding_dim, bias=False),
+                                       nn.ReLU(inplace=True), nn.BatchNorm1d(embedding_dim),
+                                       nn.Linear(embedding_dim, embedding_dim, bias=False), nn.BatchNorm1d(embedding_dim))
+        else:
+            self.embed = nn.Sequential(nn.Linear(width, embedding_dim), nn.BatchNorm1d(embedding_dim))
+        self.head, self.margin, self.scale, self.arcface_weight = head, margin, scale, arcface_weight
+        if head == "softmax_arcface":
+            self.classifier = nn.Linear(embedding_dim, n_classes)
+            bound = 1 / math.sqrt(embedding_dim)
+            self.arc_weight = nn.Parameter(torch.empty(n_classes, embedding_dim).uniform_(-bound, bound))
+        else:
+            self.weight = nn.Parameter(torch.randn(n_classes, embedding_dim) * 0.01)
+            self.bias = nn.Parameter(torch.zeros(n_classes)) if head == "softmax" else None
+        # created last, so that the weights above draw the same random numbers with and without it
+        self.line_embedding = nn.Embedding(n_lines, features) if self.line_input == "embedding" else None
         if self.line_embedding is not None:
             nn.init.zeros_(self.line_embedding.weight)
-        self.own_line = own_line
 
     channels_last = False  # set by build_network: NHWC convolutions (faster on this CPU: benchmarks/throughput.py)
 
@@ -73,25 +92,50 @@ class EmbeddingNet(nn.Module):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         features = self.backbone(x)
-        if self.line_embedding is not None:
+        if self.line_input is not None:
             if line is None:
                 line = torch.full((len(x),), self.own_line, dtype=torch.long, device=x.device)
-            features = features + self.line_embedding(line)
+            if self.line_input == "embedding":
+                features = features + self.line_embedding(line)
+            else:
+                features = torch.cat([features, F.one_hot(line, self.n_lines).to(features.dtype)], dim=1)
         return self.embed(features)
 
     def logits(self, embedding: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Class logits; with labels (training) the margin is applied to the true class."""
+        """Class logits (of the softmax classifier for ``softmax_arcface``); with labels (training) the margin
+        is applied to the true class."""
+        if self.head == "softmax_arcface":
+            return self.classifier(embedding)
         if self.head == "softmax":
             return F.linear(embedding, self.weight, self.bias)
         cos = F.linear(F.normalize(embedding), F.normalize(self.weight)).clamp(-1 + 1e-6, 1 - 1e-6)
         if labels is None:
             return self.scale * cos
-        onehot = F.one_hot(labels, cos.shape[1]).bool()
-        if self.head == "cosface":
-            target = cos - self.margin
-        else:
-            target = torch.cos(torch.acos(cos) + self.margin)
-        return self.scale * torch.where(onehot, target, cos)
+        return self.scale * with_margin(cos, labels, self.head, self.margin)
+
+    def loss(self, embedding: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(training logits, loss) of a batch. ``softmax_arcface``: (1 - w) x the softmax cross-entropy + w x
+        half the ArcFace cross-entropy (w = ``arcface_weight``; halved as in the 1st place's ArcFaceLoss)."""
+        logits = self.logits(embedding, labels)
+        loss = F.cross_entropy(logits, labels)
+        if self.head == "softmax_arcface":
+            cos = F.linear(F.normalize(embedding), F.normalize(self.arc_weight)).clamp(-1 + 1e-6, 1 - 1e-6)
+            arc = F.cross_entropy(self.scale * with_margin(cos, labels, "arcface", self.margin), labels)
+            loss = (1 - self.arcface_weight) * loss + self.arcface_weight * arc / 2
+        return logits, loss
+
+
+def with_margin(cos: torch.Tensor, labels: torch.Tensor, kind: str, margin: float) -> torch.Tensor:
+    """Cosines with the margin applied to each row's true class: cos - m (cosface) or cos(theta + m) (arcface;
+    where theta + m would pass pi, cos - m sin(m) m instead, so the target stays monotonic in theta)."""
+    onehot = F.one_hot(labels, cos.shape[1]).bool()
+    if kind == "cosface":
+        target = cos - margin
+    else:
+        sine = (1 - cos * cos).clamp_min(0).sqrt()
+        phi = cos * math.cos(margin) - sine * math.sin(margin)
+        target = torch.where(cos > math.cos(math.pi - margin), phi, cos - math.sin(math.pi - margin) * margin)
+    return torch.where(onehot, target, cos)
 
 
 def load_pretrained(backbone: nn.Module, path: str) -> None:
@@ -116,6 +160,19 @@ def load_pretrained(backbone: nn.Module, path: str) -> None:
     log.info("Loaded %d tensors from %s (%d left at init)", len(adapted), file, len(missing))
 
 
+def fetch_imagenet_weights(arch: str, block: str) -> None:
+    """Make sure timm's ImageNet weights of ``arch`` are in the local cache (timm downloads them once, by
+    name); where that is impossible (no network, unknown weights), fail naming ``block``'s two settings."""
+    try:
+        timm.create_model(arch, pretrained=True)
+    except Exception as exc:  # timm and huggingface_hub raise many kinds: offline, HTTP, missing weights
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RuntimeError(
+            f"{block}.pretrained = 'imagenet': timm could not get the ImageNet weights of {arch} ({reason}). "
+            f"Nothing was run. Without internet, copy the weights file to this machine and set "
+            f"{block}.pretrained: none and {block}.pretrained_weights: <path of the file>") from None
+
+
 def normaliser_from_stats(mode: str, plate_stats: pd.DataFrame) -> Normaliser:
     """A :class:`Normaliser` over the plates of a ``plate_stats`` table (rows by ``plate_index``)."""
     stats = plate_stats.sort_values("plate_index")
@@ -124,16 +181,22 @@ def normaliser_from_stats(mode: str, plate_stats: pd.DataFrame) -> Normaliser:
 
 
 def build_network(settings: dict, n_classes: int, pretrained: bool = True) -> EmbeddingNet:
-    """The network a training-settings block describes (local pretrained weights only when asked).
+    """The network a model's settings describe (``nn.identity.model_settings``). ``pretrained`` False skips
+    the starting weights (``pretrained: imagenet`` from timm, or ``pretrained_weights``), e.g. when a
+    checkpoint's own weights are loaded next.
 
     ``settings["cell_lines"]`` (a model of several cell lines) gives it the cell line as an input;
     ``settings["cell_line"]`` is then the line it predicts by default."""
-    lines = settings.get("cell_lines") or []
+    lines = settings.get("cell_lines", [])  # only a model of several cell lines has them
     own = lines.index(settings["cell_line"]) if settings.get("cell_line") in lines else 0
     net = EmbeddingNet(settings["arch"], n_classes, settings["embedding_dim"], settings["head"],
-                       settings["margin"], settings["scale"],
-                       settings.get("pretrained_weights") if pretrained else None, len(lines), own)
-    if settings.get("channels_last"):
+                       settings["margin"], settings["scale"], settings["pretrained_weights"] if pretrained else None,
+                       len(lines), own, settings["neck"], settings["line_input"], settings["arcface_weight"],
+                       imagenet=pretrained and settings["pretrained"] == "imagenet")
+    for layer in net.modules():
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+            layer.momentum = settings["batchnorm_momentum"]
+    if settings["channels_last"]:
         net.channels_last = True
         net = net.to(memory_format=torch.channels_last)
     return net

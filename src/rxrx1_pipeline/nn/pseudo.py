@@ -5,8 +5,8 @@ one view), each experiment's plate layout is inferred from those predictions, an
 restricted to its plate's group and to the siRNAs not yet taken on its plate (an experiment's layout is
 kept from the first update that labels one of its wells, so its labels never disagree). Wells are ranked by
 margin (best minus second-best probability within what is allowed) and the most confident are added
-until ``final_share`` x epoch progress of all candidate wells is labelled (reached at the last epoch);
-one well per (plate, siRNA). Added labels are kept for the rest of the training.
+until a share of all candidate wells is labelled that grows linearly from ``initial_share`` (after the
+first update) to ``final_share`` (at the last epoch); one well per (plate, siRNA). Added labels are kept for the rest of the training.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import pandas as pd
 
 from rxrx1_pipeline.kernels import combine_rows, group_log_probs, score_layouts
 from rxrx1_pipeline.plates import layout_matrix
+from rxrx1_pipeline.schema import PseudoLabels
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +35,12 @@ class PseudoLabeller:
     """The pseudo-labels of one training run: which candidate wells are labelled, as what, since when."""
 
     def __init__(self, candidates: pd.DataFrame, classes: pd.DataFrame, sirna_groups: pd.DataFrame,
-                 plate_layouts: pd.DataFrame, start_epoch: int, final_share: float, epochs: int):
+                 plate_layouts: pd.DataFrame, options: PseudoLabels, epochs: int):
         """``candidates``: the unlabelled treatment sites (id_code, experiment, plate, plate_index,
         store_row); ``classes``: the model's classes (sirna, class_index, well_type)."""
         self.sites = candidates.reset_index(drop=True)
-        self.start, self.share, self.epochs = start_epoch, final_share, epochs
+        self.start, self.epochs = options.start_epoch, epochs
+        self.initial, self.final = options.initial_share, options.final_share
         treatment = classes[classes["well_type"] == "treatment"].sort_values("sirna")
         self.class_index = treatment["class_index"].to_numpy()
         self.sirna = treatment["sirna"].to_numpy()
@@ -56,7 +58,8 @@ class PseudoLabeller:
     def target(self, epoch: int) -> int:
         """How many wells are labelled after the update before 0-based ``epoch``."""
         progress = (epoch + 2 - self.start) / (self.epochs + 1 - self.start)
-        return int(round(self.share * min(1.0, progress) * len(self.wells)))
+        share = self.initial + (self.final - self.initial) * min(1.0, progress)
+        return int(round(share * len(self.wells)))
 
     def update(self, site_logits: np.ndarray, epoch: int) -> pd.DataFrame:
         """Add the most confident wells from the treatment-class logits of every candidate site (rows of

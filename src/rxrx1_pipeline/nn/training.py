@@ -1,21 +1,25 @@
-"""The training loop of one model (a cell line's, or the shared one), in the Kedro process or in each of
-N DDP processes."""
+"""The training of one model (a cell line's, or the shared one): its identity, the choice between this
+process and N DDP processes, and the loop each process runs."""
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 
 import pandas as pd
 import torch
 
-from rxrx1_pipeline.images import ImageStore
+from rxrx1_pipeline.datasets import CheckpointStore
+from rxrx1_pipeline.images import ImageStore, StoreChain
 from rxrx1_pipeline.nn import loops
-from rxrx1_pipeline.nn.checkpoints import CheckpointStore, model_checkpoint
+from rxrx1_pipeline.nn.checkpoints import model_checkpoint
 from rxrx1_pipeline.nn.data import FitBatches, StoreSites, fit_loader
+from rxrx1_pipeline.nn.identity import run_fingerprint
 from rxrx1_pipeline.nn.network import build_network, normaliser_from_stats
 from rxrx1_pipeline.nn.pseudo import PseudoLabeller
+from rxrx1_pipeline.schema import Training
 
 log = logging.getLogger(__name__)
 
@@ -24,24 +28,42 @@ log = logging.getLogger(__name__)
 class TrainJob:
     """Everything a training process needs (picklable: DDP workers are spawned processes)."""
 
-    cell_line: str  # the label in logs ("shared" for the model of all cell lines)
-    run_id: str  # fingerprint of settings, data and code; the checkpoint of another run is not resumed
-    training: dict  # the training block, runtime settings included
-    settings: dict  # the settings that define the model (saved with it)
+    label: str  # the model's name in logs: its cell line, or "shared" for the model of all cell lines
+    training: Training  # the training block, runtime settings included
+    settings: dict  # the settings that define the model (saved with it: nn.identity.model_settings)
     fit: pd.DataFrame  # store_row, class_index, plate_index (and line_index for a model of several lines)
     valid: pd.DataFrame
-    store: ImageStore  # or a StoreChain of several cell lines' stores
+    store: ImageStore | StoreChain  # a StoreChain of every line's store for the shared model
     plate_stats: pd.DataFrame
     n_classes: int
     checkpoints: CheckpointStore
     initial: dict | None = None  # weights to start from (fine-tuning the shared model), else the seed's init
     pseudo: PseudoLabeller | None = None
+    start: dict = field(default_factory=dict)  # what the weights start from, for the fingerprint
+
+    @cached_property
+    def run_id(self) -> str:
+        """The fingerprint of this run: the checkpoint of another run is never resumed."""
+        return run_fingerprint(self.settings, self.fit["id_code"].tolist(), self.fit["class_index"].tolist(),
+                               self.n_classes, self.store.job, self.start)
+
+
+def train(job: TrainJob) -> tuple[dict, list[dict], pd.DataFrame | None]:
+    """Train ``job`` in this process, or on ``training.distributed`` DDP processes; returns (model checkpoint,
+    history rows, pseudo-labels or None)."""
+    from rxrx1_pipeline.nn import distributed
+
+    spread = job.training.distributed
+    nproc = distributed.processes(spread.nproc_per_node)
+    if nproc == 1 and spread.nnodes == 1:
+        return fit(job)
+    return distributed.train(job, nproc, spread.nnodes, spread.rdzv_endpoint)
 
 
 class TrainStep(torch.nn.Module):
-    """The network and its margin head as one module, so DDP sees every parameter in ``forward``.
+    """The network and its loss as one module, so DDP sees every parameter in ``forward``.
 
-    Returns the margin logits of the own labels and the loss; with mixed images (``partner``, ``lam``)
+    Returns the training logits of the own labels and the loss; with mixed images (``partner``, ``lam``)
     the loss is lam x the own labels' loss + (1 - lam) x the partners' (each with its margin)."""
 
     def __init__(self, net: torch.nn.Module):
@@ -51,11 +73,9 @@ class TrainStep(torch.nn.Module):
     def forward(self, x: torch.Tensor, labels: torch.Tensor, lines: torch.Tensor | None = None,
                 partner: torch.Tensor | None = None, lam: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         embedding = self.net(x, lines).float()
-        logits = self.net.logits(embedding, labels)
-        loss = torch.nn.functional.cross_entropy(logits, labels)
+        logits, loss = self.net.loss(embedding, labels)
         if partner is not None:
-            other = labels[partner]
-            loss = lam * loss + (1 - lam) * torch.nn.functional.cross_entropy(self.net.logits(embedding, other), other)
+            loss = lam * loss + (1 - lam) * self.net.loss(embedding, labels[partner])[1]
         return logits, loss
 
 
@@ -69,14 +89,14 @@ def fit(job: TrainJob, rank: int = 0, world: int = 1, dev: torch.device | None =
     validates, writes checkpoints and returns (model checkpoint, history rows, pseudo-labels or None); the
     other ranks return None.
     """
-    training, label = job.training, job.cell_line
-    epochs, batch, workers, seed = training["epochs"], training["batch_size"], training["num_workers"], training["seed"]
-    by_plate = training.get("batches") == "per_plate"
-    dev = dev or loops.device(training.get("device"))
+    training, label = job.training, job.label
+    epochs, batch, workers, seed = training.epochs, training.batch_size, training.num_workers, training.seed
+    by_plate = training.batches == "per_plate"
+    dev = dev or loops.device(training.device)
     net = loops.seeded_network(lambda: build_network(job.settings, job.n_classes), seed).to(dev)
     if job.initial is not None:
         net.load_state_dict(job.initial)
-    norm = normaliser_from_stats(training["normalization"], job.plate_stats)
+    norm = normaliser_from_stats(training.normalization, job.plate_stats)
     plates = job.fit["plate_index"].to_numpy()
     steps = len(FitBatches(plates, batch, seed, rank, world, by_plate))
     opt, sched = loops.optimiser(net, training, steps_per_epoch=steps)
@@ -102,8 +122,7 @@ def fit(job: TrainJob, rank: int = 0, world: int = 1, dev: torch.device | None =
         try:
             loss, accuracy = loops.run_epoch(step, norm, opt, sched, data,
                                              torch.from_numpy(sites["plate_index"].to_numpy(copy=True)), views,
-                                             f"{label} epoch {epoch + 1}/{epochs}", rank, world, lines,
-                                             training.get("augment"))
+                                             f"{label} epoch {epoch + 1}/{epochs}", training, rank, world, lines)
         except FloatingPointError as exc:
             raise FloatingPointError(f"{exc}; training stopped: the model is not saved and the last checkpoint "
                                      f"({job.checkpoints.path}) is untouched; lower training.lr or check the "
@@ -114,7 +133,7 @@ def fit(job: TrainJob, rank: int = 0, world: int = 1, dev: torch.device | None =
                "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
         if job.pseudo is not None:
             row["pseudo_labels"] = len(job.pseudo.labelled)
-        every = training["validate_every"]
+        every = training.validate_every
         if len(job.valid) and every and ((epoch + 1) % every == 0 or epoch + 1 == epochs):
             row["valid_site_accuracy"] = loops.site_accuracy(net, norm, job.store, job.valid, batch, workers)
         history.append(row)
@@ -135,8 +154,8 @@ def update_pseudo_labels(job: TrainJob, net, norm, epoch: int, rank: int, world:
     import torch.distributed as dist
 
     if rank == 0:
-        embeddings = loops.embed_sites(net, norm, job.store, job.pseudo.sites, job.training["batch_size"],
-                                       job.training["num_workers"], tta=1)
+        embeddings = loops.embed_sites(net, norm, job.store, job.pseudo.sites, job.training.batch_size,
+                                       job.training.num_workers, tta=1)
         job.pseudo.update(loops.class_logits(net, embeddings)[:, job.pseudo.class_index], epoch)
     if world > 1:
         shared = [job.pseudo.state()]

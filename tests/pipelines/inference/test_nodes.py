@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 import torch
 
-from rxrx1_pipeline.nn.checkpoints import CheckpointStore
+from rxrx1_pipeline.datasets import CheckpointStore
 from rxrx1_pipeline.pipelines.inference.nodes import (
     centre_plates,
     combine_cell_lines,
@@ -11,7 +11,7 @@ from rxrx1_pipeline.pipelines.inference.nodes import (
     predict_wells,
 )
 from rxrx1_pipeline.pipelines.train.nodes import train_model
-from tests.pipelines.conftest import TINY_INFERENCE
+from tests.pipelines.conftest import changed, TINY_INFERENCE
 
 
 def test_per_well_averages_sites():
@@ -30,7 +30,7 @@ def test_logits_follow_the_cached_logits_contract(tiny_data, prepared, tiny_trai
     wells = tiny_data[1]
     classes, model_sites, images, stats = prepared
     checkpoint, _, _ = train_model(model_sites, images, stats, classes, CheckpointStore(tmp_path / "c.pt"),
-                                "HEPG2", {**tiny_training, "epochs": 1})
+                                "HEPG2", changed(tiny_training, {"epochs": 1}))
     valid_logits, test_logits, valid_emb, test_emb = predict_wells(
         checkpoint, model_sites, images, stats, classes, "HEPG2", TINY_INFERENCE)
 
@@ -43,12 +43,12 @@ def test_logits_follow_the_cached_logits_contract(tiny_data, prepared, tiny_trai
         assert (logits.dtypes.iloc[1:] == np.float32).all()
         assert np.isfinite(logits.iloc[:, 1:].to_numpy()).all()
     assert list(valid_emb["id_code"]) == list(valid_logits["id_code"])
-    assert valid_emb.shape[1] == 1 + tiny_training["embedding_dim"]
+    assert valid_emb.shape[1] == 1 + tiny_training.embedding_dim
     assert len(test_emb) == len(test_logits)
 
     # the same checkpoint gives the same logits (deterministic inference), also read by loader workers
     again = predict_wells(checkpoint, model_sites, images, stats, classes, "HEPG2",
-                          {**TINY_INFERENCE, "num_workers": 2})[0]
+                          changed(TINY_INFERENCE, {"num_workers": 2}))[0]
     pd.testing.assert_frame_equal(again, valid_logits)
 
     # the image size comes from the checkpoint, and must match the store
@@ -90,11 +90,11 @@ def test_adapt_batchnorm_takes_the_statistics_of_the_given_sites(prepared):
 def test_batch_effect_corrections_keep_the_contract(prepared, tiny_training, tmp_path):
     classes, model_sites, images, stats = prepared
     checkpoint, _, _ = train_model(model_sites, images, stats, classes, CheckpointStore(tmp_path / "c.pt"),
-                                "HEPG2", {**tiny_training, "epochs": 1})
+                                "HEPG2", changed(tiny_training, {"epochs": 1}))
     plain = predict_wells(checkpoint, model_sites, images, stats, classes, "HEPG2", TINY_INFERENCE)
     for change in ({"batchnorm": "per_plate"}, {"plate_centring": True}):
         corrected = predict_wells(checkpoint, model_sites, images, stats, classes, "HEPG2",
-                                  {**TINY_INFERENCE, **change})
+                                  changed(TINY_INFERENCE, {**change}))
         for before, after in zip(plain, corrected):
             assert list(after["id_code"]) == list(before["id_code"]) and list(after.columns) == list(before.columns)
             assert np.isfinite(after.iloc[:, 1:].to_numpy()).all()

@@ -28,9 +28,10 @@ from rxrx1_pipeline.pipelines.postprocess.nodes import (
 )
 from rxrx1_pipeline.plates import layout_matrix
 from tests.builders import make_wells, simulated_logits
+from rxrx1_pipeline.schema import Assignment, Rotation
 
-ROTATION = {"min_confidence": 0.99}
-ASSIGN = {"cost": "prob", "temperature": "auto", "temperature_bounds": [0.02, 50.0], "sinkhorn_iterations": 10}
+ROTATION = Rotation(min_confidence=0.99)
+ASSIGN = Assignment(cost="prob", temperature="auto", temperature_bounds=[0.02, 50.0], sinkhorn_iterations=10)
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +157,7 @@ def test_temperature_fit_recovers_the_simulated_sharpness(case):
     fitted = fit_temperature(logits, case["wells"], case["groups"], ASSIGN)
     assert fitted["fitted"] and fitted["wells"] == len(logits)
     assert 0.35 < fitted["temperature"] < 0.7  # the Bayes posterior of this simulation is softmax(2 x)
-    fixed = fit_temperature(logits, case["wells"], case["groups"], {**ASSIGN, "temperature": 1.5})
+    fixed = fit_temperature(logits, case["wells"], case["groups"], ASSIGN.model_copy(update={"temperature": 1.5}))
     assert fixed == {"temperature": 1.5, "fitted": False}
 
 

@@ -11,6 +11,7 @@ from rxrx1_pipeline.pipelines.ingest.nodes import REQUIRED_COLUMNS, build_wells
 from rxrx1_pipeline.pipelines.synthetic.nodes import design_plates, render_sites
 from rxrx1_pipeline.plates import PLATES, SITES, WELLS, site_prefix
 from tests.conftest import CSVS as FILES
+from rxrx1_pipeline.schema import Synthetic
 
 PARAMS = dict(seed=3, image_size=16, cell_lines=["HEPG2", "HUVEC"], experiments={"train": 3, "test": 2},
               sirnas_per_group=5, positive_controls=2, missing_well_rate=0.0, phenotype_strength=1.0,
@@ -18,8 +19,8 @@ PARAMS = dict(seed=3, image_size=16, cell_lines=["HEPG2", "HUVEC"], experiments=
 N_TREAT, NEGATIVE = 4 * 5, 4 * 5 + 2
 
 
-def params(**overrides) -> dict:
-    return {**PARAMS, **overrides}
+def params(**overrides) -> Synthetic:
+    return Synthetic.model_validate({**PARAMS, **overrides})
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from rxrx1_pipeline.pipelines.plate_groups.nodes import (
 from rxrx1_pipeline.pipelines.synthetic.nodes import design_plates
 from rxrx1_pipeline.settings import CONFIG_LOADER_ARGS
 from tests.conftest import ROOT
+from rxrx1_pipeline.schema import Synthetic
 
 REAL_EXPERIMENTS = {"HEPG2": (7, 4), "HUVEC": (16, 8), "RPE": (7, 4), "U2OS": (3, 2)}
 
@@ -21,7 +22,7 @@ REAL_EXPERIMENTS = {"HEPG2": (7, 4), "HUVEC": (16, 8), "RPE": (7, 4), "U2OS": (3
 def preset():
     loader = OmegaConfigLoader(str(ROOT / "conf"), env="rxrx1_shaped", **CONFIG_LOADER_ARGS)
     params = loader["parameters"]
-    *tables, truth = design_plates(params["synthetic"])
+    *tables, truth = design_plates(Synthetic.model_validate(params["synthetic"]))
     return params, build_wells(*tables), truth
 
 

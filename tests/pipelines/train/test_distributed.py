@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 import torch
 
-from rxrx1_pipeline.nn.checkpoints import CheckpointStore
+from rxrx1_pipeline.datasets import CheckpointStore
 from rxrx1_pipeline.pipelines.train.nodes import train_model
-from tests.pipelines.conftest import TINY_TRAINING
+from tests.pipelines.conftest import changed, TINY_TRAINING
 
 
 class Pictures(torch.utils.data.Dataset):
@@ -63,7 +63,7 @@ def _three_epochs(rank: int = 0, world: int = 1):
         data.batch_sampler.set_epoch(epoch)
         views = torch.Generator().manual_seed(epoch)
         curve.append(run_epoch(model, lambda x, p: x.float() / 255, opt, sched, data, torch.zeros(40, dtype=torch.long),
-                               views, "test", rank, world))
+                               views, "test", TINY_TRAINING, rank, world))
     return curve, {k: v.clone() for k, v in step.state_dict().items()}
 
 
@@ -92,12 +92,12 @@ def test_ddp_loop_equals_one_process_without_batchnorm():
 
 
 def _two(training: dict) -> dict:
-    return {**training, "distributed": {"nproc_per_node": 2, "nnodes": 1, "rdzv_endpoint": None}}
+    return changed(training, {"distributed": {"nproc_per_node": 2, "nnodes": 1, "rdzv_endpoint": None}})
 
 
 def test_two_processes_stay_close_to_one_at_the_same_global_batch(prepared, tmp_path):
     classes, model_sites, images, stats = prepared
-    training = {**TINY_TRAINING, "epochs": 4, "batch_size": 64}  # 32 sites per process: BatchNorm stays stable
+    training = changed(TINY_TRAINING, {"epochs": 4, "batch_size": 64})  # 32 sites per process: BatchNorm stays stable
     _, one, _ = train_model(model_sites, images, stats, classes, CheckpointStore(tmp_path / "1.pt"), "HEPG2", training)
     _, two, _ = train_model(model_sites, images, stats, classes, CheckpointStore(tmp_path / "2.pt"), "HEPG2",
                          _two(training))
@@ -124,7 +124,7 @@ class FailingStore:
 
 def test_ddp_run_that_fails_mid_epoch_resumes(prepared, tmp_path):
     classes, model_sites, images, stats = prepared
-    training = _two({**TINY_TRAINING, "epochs": 3, "validate_every": 0})
+    training = _two(changed(TINY_TRAINING, {"epochs": 3, "validate_every": 0}))
     per_process_epoch = -(-int((model_sites["role"] == "fit").sum()) // 2)
     store = CheckpointStore(tmp_path / "ddp.pt")
     with pytest.raises(RuntimeError, match="DDP training failed on rank .*simulated worker death"):
@@ -148,7 +148,7 @@ def test_trainings_in_parallel_threads_equal_sequential_ones(prepared, tmp_path)
     def train(seed: int, folder: str):
         store = CheckpointStore(tmp_path / folder / f"{seed}.pt")
         model, _, _ = train_model(model_sites, images, stats, classes, store, "HEPG2",
-                                  {**TINY_TRAINING, "seed": seed, "validate_every": 0})
+                                  changed(TINY_TRAINING, {"seed": seed, "validate_every": 0}))
         return model["state_dict"]
 
     sequential = [train(seed, "sequential") for seed in (0, 1)]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rxrx1_pipeline.nn.augment import mix, resized_crop
-from rxrx1_pipeline.nn.checkpoints import CheckpointStore
+from rxrx1_pipeline.datasets import CheckpointStore
 from rxrx1_pipeline.nn.data import FitBatches
 from rxrx1_pipeline.nn.pseudo import PseudoLabeller
 from rxrx1_pipeline.pipelines.plate_groups.nodes import (
@@ -16,7 +16,8 @@ from rxrx1_pipeline.pipelines.plate_groups.nodes import (
     tabulate_plate_layouts,
 )
 from rxrx1_pipeline.pipelines.train.nodes import train_model, train_shared_model
-from rxrx1_pipeline.schema import ParameterError, validate_parameters
+from rxrx1_pipeline.schema import ParameterError, PseudoLabels, SharedTraining, validate_parameters
+from tests.pipelines.conftest import TINY_TRAINING_VALUES, changed
 
 
 def test_per_plate_batches_hold_one_plate_each_and_cover_every_site_once():
@@ -65,38 +66,40 @@ def test_mixup_and_cutmix_blend_each_site_with_its_partner():
 def test_the_shared_model_learns_every_line_and_fine_tunes_per_line(prepared, tiny_training, tmp_path):
     classes, model_sites, images, stats = prepared
     other = model_sites.assign(cell_line="HUVEC")  # a second cell line: the same sites under another name
-    shared, history = train_shared_model(classes, CheckpointStore(tmp_path / "s.pt"), tiny_training,
+    shared, history = train_shared_model(classes, CheckpointStore(tmp_path / "s.pt"), tiny_training, None, None,
                                          model_sites, images, stats, other, images, stats)
     assert shared["settings"]["cell_lines"] == ["HEPG2", "HUVEC"] and list(history["epoch"]) == [1, 2]
     lines = shared["state_dict"]["line_embedding.weight"]
     assert lines.shape[0] == 2 and not torch.equal(lines[0], lines[1])  # each line has learned its own input
 
     as_is, none, _ = train_model(model_sites, images, stats, classes, CheckpointStore(tmp_path / "a.pt"), "HUVEC",
-                                 {**tiny_training, "init": "shared", "epochs": 0}, shared)
+                                 changed(tiny_training, {"init": "shared", "epochs": 0}), shared)
     assert none.empty and as_is["settings"]["cell_line"] == "HUVEC" and as_is["state_dict"] is shared["state_dict"]
     tuned, tuned_history, _ = train_model(model_sites, images, stats, classes, CheckpointStore(tmp_path / "b.pt"),
-                                          "HEPG2", {**tiny_training, "init": "shared", "epochs": 1}, shared)
+                                          "HEPG2", changed(tiny_training, {"init": "shared", "epochs": 1}), shared)
     assert list(tuned_history["epoch"]) == [1]
     assert not torch.equal(tuned["state_dict"]["embed.0.weight"], shared["state_dict"]["embed.0.weight"])
 
     with pytest.raises(ValueError, match="image_size differ from shared_training"):
         train_model(model_sites, images, stats, classes, CheckpointStore(tmp_path / "c.pt"), "HEPG2",
-                    {**tiny_training, "init": "shared", "image_size": 32}, shared)
+                    changed(tiny_training, {"init": "shared", "image_size": 32}), shared)
     with pytest.raises(ValueError, match="no shared model was trained"):
         train_model(model_sites, images, stats, classes, CheckpointStore(tmp_path / "c.pt"), "HEPG2",
-                    {**tiny_training, "init": "shared"}, {})
-    off, off_history = train_shared_model(classes, CheckpointStore(tmp_path / "o.pt"), {**tiny_training, "epochs": 0},
+                    changed(tiny_training, {"init": "shared"}), {})
+    off, off_history = train_shared_model(classes, CheckpointStore(tmp_path / "o.pt"),
+                                          changed(tiny_training, {"epochs": 0}, SharedTraining), None, None,
                                           model_sites, images, stats)
     assert off == {} and off_history.empty
 
 
 def test_starting_from_an_untrained_shared_model_is_refused_before_running(tiny_training):
-    block = {"cell_line": "HEPG2", "training": {**tiny_training, "init": "shared"}}
+    block = {"cell_line": "HEPG2", "training": {**TINY_TRAINING_VALUES, "init": "shared"}}
     with pytest.raises(ParameterError, match="HEPG2.training.init = 'shared' with shared_training.epochs = 0"):
-        validate_parameters({"HEPG2": block, "shared_training": {**tiny_training, "epochs": 0}},
+        validate_parameters({"HEPG2": block, "shared_training": {**TINY_TRAINING_VALUES, "epochs": 0}},
                             {"HEPG2", "shared_training"})
     with pytest.raises(ParameterError, match="epochs must be >= 1"):
-        validate_parameters({"HEPG2": {"cell_line": "HEPG2", "training": {**tiny_training, "epochs": 0}}}, {"HEPG2"})
+        validate_parameters({"HEPG2": {"cell_line": "HEPG2", "training": {**TINY_TRAINING_VALUES, "epochs": 0}}},
+                            {"HEPG2"})
 
 
 def _labeller(n_plates: int = 2, per_plate: int = 4, share: float = 1.0) -> PseudoLabeller:
@@ -107,7 +110,7 @@ def _labeller(n_plates: int = 2, per_plate: int = 4, share: float = 1.0) -> Pseu
     classes = pd.DataFrame({"sirna": range(9), "class_index": range(9), "well_type": ["treatment"] * 8 + ["negative"]})
     groups = pd.DataFrame({"sirna": range(8), "group": [0] * 4 + [1] * 4})
     layouts = pd.DataFrame({"layout": [0, 1], "plate_1": [0, 1], "plate_2": [1, 0]})
-    return PseudoLabeller(wells, classes, groups, layouts, start_epoch=1, final_share=share, epochs=2)
+    return PseudoLabeller(wells, classes, groups, layouts, PseudoLabels(start_epoch=1, final_share=share), epochs=2)
 
 
 def test_pseudo_labels_follow_the_plate_group_one_well_per_sirna_most_confident_first():
@@ -133,7 +136,7 @@ def test_pseudo_labelling_trains_on_valid_and_test_wells_and_resumes_with_its_la
     _, wells, _, _ = tiny_data
     groups = discover_sirna_groups(wells)
     layouts = tabulate_plate_layouts(assign_train_plate_groups(wells, groups))
-    training = {**tiny_training, "epochs": 3, "pseudo_labels": {"start_epoch": 2, "final_share": 0.6}}
+    training = changed(tiny_training, {"epochs": 3, "pseudo_labels": {"start_epoch": 2, "final_share": 0.6}})
     model, history, labels = train_model(model_sites, images, stats, classes, CheckpointStore(tmp_path / "p.pt"),
                                          "HEPG2", training, None, groups, layouts)
     candidates = model_sites[model_sites["role"].isin(["valid", "test"]) & (model_sites["well_type"] == "treatment")]

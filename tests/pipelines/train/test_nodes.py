@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from rxrx1_pipeline.images import STAT_COLUMNS
-from rxrx1_pipeline.nn.checkpoints import CheckpointStore
+from rxrx1_pipeline.datasets import CheckpointStore
 from rxrx1_pipeline.pipelines.train.nodes import select_sites, train_model
+from tests.pipelines.conftest import changed
 
 
 def test_select_sites_holds_out_whole_experiments(tiny_data, tiny_training):
@@ -24,14 +25,14 @@ def test_select_sites_holds_out_whole_experiments(tiny_data, tiny_training):
     assert (table.loc[unlabelled, "class_index"] == -1).all()
     assert (table.loc[~unlabelled, "class_index"] >= 0).all()  # controls are labelled, test ones too
     with pytest.raises(ValueError, match="HEPG2: valid_experiments \\['HEPG2-09'\\]"):
-        select_sites(wells, sites, classes, "HEPG2", {**tiny_training, "valid_experiments": ["HEPG2-09"]})
+        select_sites(wells, sites, classes, "HEPG2", changed(tiny_training, {"valid_experiments": ["HEPG2-09"]}))
     for held in (3, 5):  # all of the 3 labelled experiments, or more than there are
         with pytest.raises(ValueError, match=f"HEPG2: valid_experiments {held} must be at least 1 and fewer than "
                                              "its 3 labelled experiments"):
-            select_sites(wells, sites, classes, "HEPG2", {**tiny_training, "valid_experiments": held})
+            select_sites(wells, sites, classes, "HEPG2", changed(tiny_training, {"valid_experiments": held}))
     with pytest.raises(ValueError, match="leaves nothing to fit"):
         select_sites(wells, sites, classes, "HEPG2",
-                     {**tiny_training, "valid_experiments": ["HEPG2-01", "HEPG2-02", "HEPG2-03"]})
+                     changed(tiny_training, {"valid_experiments": ["HEPG2-01", "HEPG2-02", "HEPG2-03"]}))
 
 
 def test_store_rows_hold_the_table_sites(prepared, tiny_data):
@@ -86,7 +87,7 @@ def test_interrupted_training_resumes_from_last_checkpoint(prepared, tiny_traini
 
     caplog.clear()  # other settings do not reuse the checkpoint
     with caplog.at_level(logging.INFO):
-        train_model(*args, CheckpointStore(tmp_path / "b.pt"), "HEPG2", {**tiny_training, "epochs": 1})
+        train_model(*args, CheckpointStore(tmp_path / "b.pt"), "HEPG2", changed(tiny_training, {"epochs": 1}))
     assert "training from scratch" in caplog.text
 
 
@@ -95,7 +96,7 @@ def test_validation_passes_do_not_change_training(prepared, tiny_training, tmp_p
     args = (model_sites, images, stats, classes)
     reference, _, _ = train_model(*args, CheckpointStore(tmp_path / "a.pt"), "HEPG2", tiny_training)
     other, _, _ = train_model(*args, CheckpointStore(tmp_path / "b.pt"), "HEPG2",
-                              {**tiny_training, "validate_every": 0})
+                              changed(tiny_training, {"validate_every": 0}))
     for key, value in reference["state_dict"].items():
         torch.testing.assert_close(other["state_dict"][key], value, msg=key)
 
@@ -141,7 +142,7 @@ def test_changed_labels_or_pixels_retrain(prepared, tiny_training, tmp_path, cap
 def test_a_non_finite_loss_stops_training_and_keeps_the_good_checkpoint(prepared, tiny_training, tmp_path):
     classes, model_sites, images, stats = prepared
     store = CheckpointStore(tmp_path / "c.pt")
-    train_model(model_sites, images, stats, classes, store, "HEPG2", {**tiny_training, "epochs": 1})
+    train_model(model_sites, images, stats, classes, store, "HEPG2", changed(tiny_training, {"epochs": 1}))
     broken = stats.copy()
     broken[STAT_COLUMNS[0]] = np.nan  # every normalised input becomes NaN
     with pytest.raises(FloatingPointError, match=r"HEPG2 epoch 1/2: the loss became nan at batch 1 of \d+; "

@@ -9,12 +9,13 @@ import pandas as pd
 
 from rxrx1_pipeline.images import ImageStore
 from rxrx1_pipeline.kernels import combine_rows
+from rxrx1_pipeline.schema import Inference
 
 log = logging.getLogger(__name__)
 
 
 def predict_wells(model: dict, model_sites: pd.DataFrame, site_images: ImageStore, plate_stats: pd.DataFrame,
-                  classes: pd.DataFrame, cell_line: str, inference: dict
+                  classes: pd.DataFrame, cell_line: str, inference: Inference
                   ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Logits and embeddings of the valid and test treatment wells, averaged over both sites.
 
@@ -39,10 +40,10 @@ def predict_wells(model: dict, model_sites: pd.DataFrame, site_images: ImageStor
     treatment = classes[classes["well_type"] == "treatment"].sort_values("sirna")
     columns = treatment["sirna"].astype(str).tolist()
     outputs = []
-    batch, workers, tta = inference["batch_size"], inference["num_workers"], inference["tta"]
+    batch, workers, tta = inference.batch_size, inference.num_workers, inference.tta
     for role in ("valid", "test"):
         sites = model_sites[(model_sites["role"] == role) & (model_sites["well_type"] == "treatment")]
-        if inference["batchnorm"] == "per_plate":
+        if inference.batchnorm == "per_plate":
             trained = {k: v.clone() for k, v in net.state_dict().items()}
             plate_of = sites["plate_index"].to_numpy()
             emb = np.empty((len(sites), settings["embedding_dim"]), np.float32)
@@ -54,10 +55,10 @@ def predict_wells(model: dict, model_sites: pd.DataFrame, site_images: ImageStor
             net.load_state_dict(trained)
         else:
             emb = embed_sites(net, norm, site_images, sites, batch, workers, tta)
-        if inference["plate_centring"]:
+        if inference.plate_centring:
             emb = centre_plates(emb, sites["plate_index"].to_numpy())
         logits = class_logits(net, emb)[:, treatment["class_index"].to_numpy()]
-        outputs.append(per_well(sites["id_code"], logits, columns, inference.get("sites", "mean")))
+        outputs.append(per_well(sites["id_code"], logits, columns, inference.sites))
         outputs.append(per_well(sites["id_code"], emb, [f"e{i}" for i in range(emb.shape[1])]))
         log.info("%s: %s logits for %d wells from %d sites", cell_line, role, outputs[-1].shape[0], len(sites))
     valid_logits, valid_emb, test_logits, test_emb = outputs

@@ -22,6 +22,7 @@ from rxrx1_pipeline.kernels import (
     within_group_nll,
 )
 from rxrx1_pipeline.plates import layout_columns, layout_long, layout_matrix
+from rxrx1_pipeline.schema import Assignment, Rotation
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def split_logits(logits: pd.DataFrame, wells: pd.DataFrame, sirna_groups: pd.Dat
 
 
 def infer_layouts(logits: pd.DataFrame, wells: pd.DataFrame, sirna_groups: pd.DataFrame,
-                  plate_layouts: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
+                  plate_layouts: pd.DataFrame, params: Rotation) -> pd.DataFrame:
     """Choose each experiment's plate layout among the candidates, with a uniform prior.
 
     One row per experiment: experiment, cell_line, layout, plate_<p> (chosen group per plate),
@@ -119,7 +120,7 @@ def infer_layouts(logits: pd.DataFrame, wells: pd.DataFrame, sirna_groups: pd.Da
     out["margin"] = top2[:, -1] - top2[:, 0] if scores.shape[1] > 1 else np.inf
     out["wells"] = np.bincount(exp_idx, minlength=len(experiments))
     out[[f"posterior_{i}" for i in ids]] = post
-    weak = out[out["confidence"] < params["min_confidence"]]
+    weak = out[out["confidence"] < params.min_confidence]
     for _, r in weak.iterrows():
         log.warning("Layout of %s is not decisive: layout %d with posterior %.3f (margin %.1f nats)",
                     r["experiment"], r["layout"], r["confidence"], r["margin"])
@@ -137,10 +138,10 @@ def plate_group_of_wells(rows: pd.DataFrame, plate_groups: pd.DataFrame) -> np.n
 
 
 def fit_temperature(valid_logits: pd.DataFrame, wells: pd.DataFrame, sirna_groups: pd.DataFrame,
-                    params: dict[str, Any]) -> dict[str, Any]:
+                    params: Assignment) -> dict[str, Any]:
     """The assignment temperature: params' value, or (``auto``) the one minimising the NLL of
     the true siRNA within its group on the labelled validation wells."""
-    setting = params["temperature"]
+    setting = params.temperature
     if setting != "auto":
         return {"temperature": float(setting), "fitted": False}
     rows, x, sirnas, col_group = split_logits(valid_logits, wells, sirna_groups)
@@ -162,7 +163,7 @@ def fit_temperature(valid_logits: pd.DataFrame, wells: pd.DataFrame, sirna_group
     def nll(log_t: float) -> float:
         return within_group_nll(blocks, log_t)
 
-    lo, hi = np.log(params["temperature_bounds"][0]), np.log(params["temperature_bounds"][1])
+    lo, hi = np.log(params.temperature_bounds[0]), np.log(params.temperature_bounds[1])
     fit = minimize_scalar(nll, bounds=(lo, hi), method="bounded", options={"xatol": 0.01})
     t = float(np.exp(fit.x))
     log.info("Assignment temperature fitted on %d validation wells: %.3f (within-group NLL %.3f, %.3f at 1)",
@@ -171,7 +172,7 @@ def fit_temperature(valid_logits: pd.DataFrame, wells: pd.DataFrame, sirna_group
 
 
 def assign_wells(logits: pd.DataFrame, wells: pd.DataFrame, sirna_groups: pd.DataFrame,
-                 plate_groups: pd.DataFrame, calibration: dict[str, Any], params: dict[str, Any]
+                 plate_groups: pd.DataFrame, calibration: dict[str, Any], params: Assignment
                  ) -> pd.DataFrame:
     """Predictions after each stage: sirna_argmax (raw), sirna_masked (argmax within the plate's
     group), sirna_assigned (balanced per plate) and score (its probability within the group)."""
@@ -179,8 +180,8 @@ def assign_wells(logits: pd.DataFrame, wells: pd.DataFrame, sirna_groups: pd.Dat
     well_group = plate_group_of_wells(rows, plate_groups)
     plate_key, plates = pd.factorize(rows["experiment"] + " plate " + rows["plate"].astype(str))
     assigned, score = assign_per_plate(x, col_group, well_group, plate_key, np.asarray(plates),
-                                       calibration["temperature"], params["cost"],
-                                       int(params["sinkhorn_iterations"]))
+                                       calibration["temperature"], params.cost,
+                                       params.sinkhorn_iterations)
     return pd.DataFrame({"id_code": rows["id_code"], "experiment": rows["experiment"],
                          "plate": rows["plate"], "sirna_argmax": sirnas[row_argmax(x)],
                          "sirna_masked": sirnas[mask_to_plate_group(x, col_group, well_group)],

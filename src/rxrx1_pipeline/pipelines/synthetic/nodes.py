@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from rxrx1_pipeline.plates import CHANNELS, PLATES, SITES, WELLS, id_code, site_prefix
+from rxrx1_pipeline.schema import Synthetic
 
 log = logging.getLogger(__name__)
 
@@ -35,30 +36,30 @@ def _rotation_cycles(n_rotations: int) -> tuple[list[int], list[int]]:
     return train, test
 
 
-def experiment_counts(params: dict, cell_line: str) -> dict[str, int]:
+def experiment_counts(params: Synthetic, cell_line: str) -> dict[str, int]:
     """{"train": n, "test": m} for one cell line: ``experiments`` is either that mapping for every cell
     line, or a mapping from cell line to it (the RxRx1-shaped preset: real counts per cell line)."""
-    counts = params["experiments"]
+    counts = params.experiments
     return counts[cell_line] if cell_line in counts else counts
 
 
-def design_plates(params: dict) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def design_plates(params: Synthetic) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Lay out experiments, plates and wells; return the four CSV tables and the hidden truth.
 
     The truth table has every well (test included) with its siRNA, plate group and rotation.
     """
-    rng = np.random.default_rng(params["seed"])
+    rng = np.random.default_rng(params.seed)
     n_groups = len(PLATES)
-    per_group = params["sirnas_per_group"]
+    per_group = params.sirnas_per_group
     n_treat = n_groups * per_group
-    n_pos = params["positive_controls"]
+    n_pos = params.positive_controls
     negative_id = n_treat + n_pos
     groups = rng.permutation(n_treat).reshape(n_groups, per_group)
     train_cycle, test_cycle = _rotation_cycles(n_groups)
     free_wells = [w for w in WELLS if w != "B02"]
     rows = []
     counters = {"train": 0, "test": 0}
-    for cell_line in params["cell_lines"]:
+    for cell_line in params.cell_lines:
         number = 0
         for split in ("train", "test"):
             for _ in range(experiment_counts(params, cell_line)[split]):
@@ -75,7 +76,7 @@ def design_plates(params: dict) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFram
                         (free_wells[p], int(s), "treatment" if s < n_treat else "positive_control")
                         for p, s in zip(positions, sirnas)]
                     for well, sirna, well_type in plate_wells:
-                        if well_type == "treatment" and rng.random() < params["missing_well_rate"]:
+                        if well_type == "treatment" and rng.random() < params.missing_well_rate:
                             continue
                         rows.append(dict(id_code=id_code(experiment, plate, well), experiment=experiment,
                                          plate=plate, well=well, sirna=sirna, well_type=well_type,
@@ -112,21 +113,21 @@ class _World:
     noise: float
 
 
-def _make_world(truth: pd.DataFrame, params: dict) -> _World:
-    rng = np.random.default_rng(params["seed"] + 1)
+def _make_world(truth: pd.DataFrame, params: Synthetic) -> _World:
+    rng = np.random.default_rng(params.seed + 1)
     n_sirna = int(truth["sirna"].max()) + 1
-    n_lines = len(params["cell_lines"])
-    strength = params["phenotype_strength"]
+    n_lines = len(params.cell_lines)
+    strength = params.phenotype_strength
     shared = rng.normal(size=(n_sirna, 1, 8))
     specific = rng.normal(size=(n_sirna, n_lines, 8))
-    effect = strength * (shared + params["cell_line_specificity"] * specific)
+    effect = strength * (shared + params.cell_line_specificity * specific)
     negative = truth.loc[truth["well_type"] == "negative_control", "sirna"].iloc[0]
     effect[negative] = 0.0
     positive = truth.loc[truth["well_type"] == "positive_control", "sirna"].unique()
     effect[positive] *= 1.5
     line_base = np.exp(rng.normal(0.0, 0.35, size=(n_lines, N_CHANNELS))) * np.array([60, 35, 45, 40, 40, 45])
     line_cells = np.column_stack([rng.uniform(6, 11, n_lines), rng.uniform(0.045, 0.06, n_lines)])
-    b = params["batch_strength"]
+    b = params.batch_strength
     experiments = truth["experiment"].unique()
     plates = truth[["experiment", "plate"]].drop_duplicates().itertuples(index=False)
     exp_gain = {e: np.exp(rng.normal(0.0, b, N_CHANNELS)) for e in experiments}
@@ -135,8 +136,8 @@ def _make_world(truth: pd.DataFrame, params: dict) -> _World:
     for e, p in plates:
         plate_gain[(e, p)] = np.exp(rng.normal(0.0, b / 2, N_CHANNELS))
         illumination[(e, p)] = rng.uniform(-b, b, 2)
-    return _World(params["image_size"], params["seed"], effect, line_base, line_cells,
-                  exp_gain, exp_offset, plate_gain, illumination, params["noise"])
+    return _World(params.image_size, params.seed, effect, line_base, line_cells,
+                  exp_gain, exp_offset, plate_gain, illumination, params.noise)
 
 
 def _blobs(rng: np.random.Generator, size: int, cells: int = 8) -> np.ndarray:
@@ -183,17 +184,17 @@ def _render_site(world: _World, line: int, sirna: int, experiment: str, plate: i
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 
-def render_sites(truth: pd.DataFrame, params: dict) -> dict[str, Callable[[], np.ndarray]]:
+def render_sites(truth: pd.DataFrame, params: Synthetic) -> dict[str, Callable[[], np.ndarray]]:
     """Lazy renderers for every (well, site) of the synthetic dataset, keyed by image prefix."""
     world = _make_world(truth, params)
-    line_index = {c: i for i, c in enumerate(params["cell_lines"])}
+    line_index = {c: i for i, c in enumerate(params.cell_lines)}
     renderers = {}
     for row in truth.itertuples(index=False):
         for site in SITES:
             prefix = site_prefix(row.split, row.experiment, row.plate, row.well, site)
             renderers[prefix] = (lambda r=row, p=prefix: _render_site(
                 world, line_index[r.cell_line], int(r.sirna), r.experiment, r.plate, p))
-    log.info("Rendering %d sites of %dx%d px, 6 channels", len(renderers), params["image_size"],
-             params["image_size"])
+    log.info("Rendering %d sites of %dx%d px, 6 channels", len(renderers), params.image_size,
+             params.image_size)
     return renderers
 

@@ -8,6 +8,7 @@ import logging
 import numpy as np
 import pandas as pd
 
+from rxrx1_pipeline.datasets import CheckpointStore
 from rxrx1_pipeline.images import (
     N_CHANNELS,
     STAT_COLUMNS,
@@ -16,29 +17,23 @@ from rxrx1_pipeline.images import (
     PngSites,
     StoreChain,
 )
-from rxrx1_pipeline.schema import ImageSource
+from rxrx1_pipeline.schema import ImageSource, SharedTraining, Training
 
 log = logging.getLogger(__name__)
 
-# Settings that do not change the trained model, left out of its fingerprint and checkpoint (a run may
-# resume on another device or number of processes: the global batch, and so the recipe, is the same).
-RUNTIME_ONLY = ("num_workers", "device", "distributed")
-# Settings that define the network: a model fine-tuned from the shared one must have the shared one's.
-NETWORK = ("arch", "image_size", "embedding_dim", "head", "margin", "scale", "normalization", "channels_last")
-
 
 def select_sites(wells: pd.DataFrame, sites: pd.DataFrame, classes: pd.DataFrame, cell_line: str,
-                 training: dict) -> pd.DataFrame:
+                 training: Training) -> pd.DataFrame:
     """This cell line's sites with their role: ``fit``, ``valid`` (held-out experiments) or ``test``,
     their ``plate_index`` and their ``store_row`` in the image store.
 
-    ``training["valid_experiments"]`` is a number (the last N labelled experiments) or a list of names.
+    ``training.valid_experiments`` is a number (the last N labelled experiments) or a list of names.
     """
     mine = wells[wells["cell_line"] == cell_line]
     if mine.empty:
         raise ValueError(f"no wells of cell line {cell_line} in wells.parquet")
     train_exps = sorted(mine.loc[mine["split"] == "train", "experiment"].unique())
-    held = training["valid_experiments"]
+    held = training.valid_experiments
     if isinstance(held, int) and not 0 < held < len(train_exps):
         raise ValueError(f"{cell_line}: valid_experiments {held} must be at least 1 and fewer than its "
                          f"{len(train_exps)} labelled experiments (holding out all leaves nothing to fit)")
@@ -64,7 +59,7 @@ def select_sites(wells: pd.DataFrame, sites: pd.DataFrame, classes: pd.DataFrame
     return table
 
 
-def decode_sites(model_sites: pd.DataFrame, raw_site_images: PngSites, training: dict, images: ImageSource
+def decode_sites(model_sites: pd.DataFrame, raw_site_images: PngSites, training: Training, images: ImageSource
                  ) -> DecodeJob:
     """What the image store must hold: every site of the table, in ``store_row`` order, at training size,
     resized or centre-cropped (``images.fit``); decoded once (``images.source`` store) or read from the PNGs
@@ -72,9 +67,8 @@ def decode_sites(model_sites: pd.DataFrame, raw_site_images: PngSites, training:
 
     The store dataset builds it once (and reuses or resumes it on later runs).
     """
-    images = ImageSource.model_validate(images) if isinstance(images, dict) else images
     prefixes = model_sites.sort_values("store_row")["w1"].str.slice(0, -len("_w1.png"))
-    return DecodeJob(raw_site_images, tuple(prefixes), int(training["image_size"]), images.source, images.fit)
+    return DecodeJob(raw_site_images, tuple(prefixes), training.image_size, images.source, images.fit)
 
 
 def plate_statistics(model_sites: pd.DataFrame, site_images: ImageStore) -> pd.DataFrame:
@@ -116,9 +110,9 @@ def sites_to_validate(model_sites: pd.DataFrame) -> pd.DataFrame:
 
 
 def train_model(model_sites: pd.DataFrame, site_images: ImageStore, plate_stats: pd.DataFrame,
-                classes: pd.DataFrame, checkpoints, cell_line: str, training: dict, shared_model: dict | None = None,
-                sirna_groups: pd.DataFrame | None = None, plate_layouts: pd.DataFrame | None = None
-                ) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+                classes: pd.DataFrame, checkpoints: CheckpointStore, cell_line: str, training: Training,
+                shared_model: dict | None = None, sirna_groups: pd.DataFrame | None = None,
+                plate_layouts: pd.DataFrame | None = None) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     """Train the cell line's embedding model on the fit sites, resuming from the last checkpoint of the same
     setup; in this process, or on ``training.distributed.nproc_per_node`` DDP processes.
 
@@ -131,99 +125,92 @@ def train_model(model_sites: pd.DataFrame, site_images: ImageStore, plate_stats:
     Returns the trained model (settings + weights), the per-epoch history and the pseudo-labels
     (id_code, class_index, sirna, epoch added).
     """
+    from rxrx1_pipeline.nn.identity import NETWORK, model_settings
     from rxrx1_pipeline.nn.pseudo import PseudoLabeller, no_pseudo_labels
-    from rxrx1_pipeline.nn.training import TrainJob
+    from rxrx1_pipeline.nn.training import TrainJob, train
 
-    fit_sites = sites_to_fit(model_sites, training["controls"], training["final_fit"])
-    if training["final_fit"]:
+    fit_sites = sites_to_fit(model_sites, training.controls, training.final_fit)
+    if training.final_fit:
         log.warning("%s: final fit: the validation experiments are trained on too, so their figures are no "
                     "longer a validation", cell_line)
-    valid = sites_to_validate(model_sites)
-    settings = {k: v for k, v in training.items() if k not in RUNTIME_ONLY}
+    settings = model_settings(training)
     initial, start = None, {}
-    if training.get("init", "scratch") == "shared":
+    if training.init == "shared":
         if not shared_model:
             raise ValueError(f"{cell_line}: training.init is 'shared' but no shared model was trained (set "
                              "shared_training.epochs >= 1)")
-        differ = [k for k in NETWORK if settings.get(k) != shared_model["settings"].get(k)]
+        differ = [k for k in NETWORK if settings[k] != shared_model["settings"].get(k)]
         if differ:
             raise ValueError(f"{cell_line}: training.init is 'shared' but {', '.join(differ)} differ from "
                              "shared_training; a fine-tuned model keeps the shared model's network")
         settings = {**settings, "cell_lines": shared_model["settings"]["cell_lines"], "cell_line": cell_line}
         initial, start = shared_model["state_dict"], {"shared": shared_model["run_id"]}
-        if training["epochs"] == 0:
+        if training.epochs == 0:
             log.info("%s: using the shared model of %s as it is (epochs 0)", cell_line,
                      ", ".join(settings["cell_lines"]))
-            model = {**shared_model, "settings": settings}
-            return model, no_history(), no_pseudo_labels()
-    elif training["epochs"] < 1:
-        raise ValueError(f"{cell_line}: training.epochs must be >= 1, got {training['epochs']}")
+            return {**shared_model, "settings": settings}, no_history(), no_pseudo_labels()
     pseudo = None
-    if training.get("pseudo_labels", {}).get("start_epoch", 0):
-        candidates = model_sites[(model_sites["well_type"] == "treatment") & ~model_sites.index.isin(fit_sites.index)
-                                 & model_sites["role"].isin(["valid", "test"])]
-        options = training["pseudo_labels"]
-        pseudo = PseudoLabeller(candidates, classes, sirna_groups, plate_layouts, options["start_epoch"],
-                                options["final_share"], training["epochs"])
-    return _train(TrainJob(cell_line, "", training, settings, fit_sites, valid, site_images, plate_stats,
-                           len(classes), checkpoints, initial, pseudo), start)
+    if training.pseudo_labels.start_epoch:
+        pseudo = PseudoLabeller(candidate_sites(model_sites, fit_sites), classes, sirna_groups, plate_layouts, training.pseudo_labels,
+                                training.epochs)
+    job = TrainJob(label=cell_line, training=training, settings=settings, fit=fit_sites,
+                   valid=sites_to_validate(model_sites), store=site_images, plate_stats=plate_stats,
+                   n_classes=len(classes), checkpoints=checkpoints, initial=initial, pseudo=pseudo, start=start)
+    model, history, labelled = train(job)
+    return model, pd.DataFrame(history), no_pseudo_labels() if labelled is None else labelled
 
 
-def train_shared_model(classes: pd.DataFrame, checkpoints, training: dict, *per_line: pd.DataFrame | ImageStore
+def train_shared_model(classes: pd.DataFrame, checkpoints: CheckpointStore, training: SharedTraining,
+                       sirna_groups: pd.DataFrame, plate_layouts: pd.DataFrame, *per_line: pd.DataFrame | ImageStore
                        ) -> tuple[dict, pd.DataFrame]:
     """One model over every cell line, with the cell line as an input (``per_line``: each line's model_sites,
     site_images and plate_stats in turn). Each line's held-out experiments stay held out; ``training``
-    (``shared_training``) sets the recipe; ``epochs`` 0 trains nothing (returns an empty model).
+    (``shared_training``) sets the recipe; ``epochs`` 0 trains nothing (returns an empty model). With
+    ``pseudo_labels.start_epoch`` > 0 the validation and test wells of every line are pseudo-labelled
+    (:func:`candidate_sites`).
 
     Returns the model and its per-epoch history.
     """
-    from rxrx1_pipeline.nn.training import TrainJob
+    from rxrx1_pipeline.nn.identity import model_settings
+    from rxrx1_pipeline.nn.pseudo import PseudoLabeller
+    from rxrx1_pipeline.nn.training import TrainJob, train
 
-    if training["epochs"] == 0:
+    if training.epochs == 0:
         log.info("shared model: not trained (shared_training.epochs is 0)")
         return {}, no_history()
-    if training["final_fit"]:
+    if training.final_fit:
         log.warning("shared model: final fit: the validation experiments are trained on too, so the figures of "
                     "every model fine-tuned from it are no longer a validation")
     triples = [per_line[i:i + 3] for i in range(0, len(per_line), 3)]
     lines = [str(sites.loc[sites.index[0], "cell_line"]) for sites, _, _ in triples]
     store = StoreChain([images for _, images, _ in triples])
-    fits, valids, stats = [], [], []
+    fits, valids, candidates, stats = [], [], [], []
     plate_offset = 0
     for k, (sites, _, plate_stats) in enumerate(triples):
         sites = sites.assign(store_row=sites["store_row"] + store.offsets[k],
                              plate_index=sites["plate_index"] + plate_offset, line_index=k)
-        fits.append(sites_to_fit(sites, training["controls"], training["final_fit"]))
+        fits.append(sites_to_fit(sites, training.controls, training.final_fit))
         valids.append(sites_to_validate(sites))
+        candidates.append(candidate_sites(sites, fits[-1]))
         stats.append(plate_stats.assign(plate_index=plate_stats["plate_index"] + plate_offset))
         plate_offset += len(plate_stats)
-    settings = {k: v for k, v in training.items() if k not in RUNTIME_ONLY} | {"cell_lines": lines}
-    job = TrainJob("shared", "", training, settings, pd.concat(fits, ignore_index=True),
-                   pd.concat(valids, ignore_index=True), store, pd.concat(stats, ignore_index=True), len(classes),
-                   checkpoints)
-    model, history, _ = _train(job, {})
-    return model, history
+    pseudo = None
+    if training.pseudo_labels.start_epoch:
+        pseudo = PseudoLabeller(pd.concat(candidates, ignore_index=True), classes, sirna_groups, plate_layouts,
+                                training.pseudo_labels, training.epochs)
+    job = TrainJob(label="shared", training=training, settings=model_settings(training) | {"cell_lines": lines},
+                   fit=pd.concat(fits, ignore_index=True), valid=pd.concat(valids, ignore_index=True), store=store,
+                   plate_stats=pd.concat(stats, ignore_index=True), n_classes=len(classes), checkpoints=checkpoints,
+                   pseudo=pseudo)
+    model, history, _ = train(job)
+    return model, pd.DataFrame(history)
 
 
-def _train(job, start: dict) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
-    """Fingerprint the job (``start``: what it starts from), then train it here or on DDP processes."""
-    from rxrx1_pipeline.nn import distributed, loops
-    from rxrx1_pipeline.nn.pseudo import no_pseudo_labels
-    from rxrx1_pipeline.nn.training import fit
-
-    # Everything that changes the trained model: settings, fit wells and their labels, the pixels (the
-    # store's identity covers the source folder, image size and a fingerprint of the files), the code,
-    # the weights it starts from.
-    job.run_id = loops.fingerprint({"settings": job.settings, "fit": job.fit["id_code"].tolist(),
-                                    "labels": job.fit["class_index"].tolist(), "classes": job.n_classes,
-                                    "images": job.store.job, "code": loops.code_version(), **start})
-    spread = job.training.get("distributed") or {}
-    nproc, nnodes = distributed.processes(spread.get("nproc_per_node", 1)), spread.get("nnodes", 1)
-    if nproc == 1 and nnodes == 1:
-        model, history, labelled = fit(job)
-    else:
-        model, history, labelled = distributed.train(job, nproc, nnodes, spread.get("rdzv_endpoint"))
-    return model, pd.DataFrame(history), no_pseudo_labels() if labelled is None else labelled
+def candidate_sites(model_sites: pd.DataFrame, fit_sites: pd.DataFrame) -> pd.DataFrame:
+    """The sites pseudo-labelling may label: treatment sites of the validation and test experiments that are
+    not fitted already."""
+    return model_sites[(model_sites["well_type"] == "treatment") & ~model_sites.index.isin(fit_sites.index)
+                       & model_sites["role"].isin(["valid", "test"])]
 
 
 def no_history() -> pd.DataFrame:

@@ -51,7 +51,8 @@ def create_inputs_pipeline() -> Pipeline:
 def create_training_pipeline() -> Pipeline:
     """Each cell line's model and the shared model of every cell line, which reads all lines' inputs."""
     shared = Pipeline([
-        Node(train_shared_model, ["classes", "shared_checkpoints", "params:shared_training",
+        Node(train_shared_model, ["classes", "shared_checkpoints", "params:shared_training", "sirna_groups",
+                                  "plate_layouts",
                                   *[f"{cl}.{name}" for cl in CELL_LINES
                                     for name in ("model_sites", "site_images", "plate_stats")]],
              ["shared_model", "shared_history"], name="train_shared_model"),
