@@ -121,7 +121,7 @@ def test_real_sites_end_to_end_at_512_px(real_root, ingested, tmp_path):
 
     checkpoints = CheckpointStoreDataset(filepath=str(tmp_path / "shared" / "last_epoch.pt")).load()
     model, history = train_shared_model(classes, checkpoints, typed(train_shared_model, "training", training),
-                                        *per_line)
+                                        None, None, *per_line)
     assert list(history["epoch"]) == [1, 2] and np.isfinite(history["loss"]).all()
 
     import torch
