@@ -1,9 +1,12 @@
 """Where training reads pixels from (``images:``): the decode-once store, a store of centre crops, or the PNGs
 decoded on every read, behind one interface; each is part of the store's identity."""
 
+import typing
+
 import numpy as np
 import pytest
-from pydantic import ValidationError
+import yaml
+from pydantic import BaseModel, ValidationError
 
 from rxrx1_pipeline.datasets import ImageStoreDataset, SiteImagesDataset
 from rxrx1_pipeline.images import (
@@ -17,6 +20,7 @@ from rxrx1_pipeline.images import (
 )
 from rxrx1_pipeline.pipelines.train.nodes import decode_sites
 from rxrx1_pipeline.schema import ImageSource, ParameterError, validate_parameters
+from tests.conftest import ROOT
 
 FULL, SIZE = 12, 8
 
@@ -95,7 +99,11 @@ def test_images_block_is_validated_and_the_node_passes_it_to_the_job(png_tree):
     with pytest.raises(ParameterError, match=r"images.fit = 'squash'"):
         validate_parameters({"images": {"fit": "squash"}}, {"images"})
     sites = pd.DataFrame({"w1": [f"{p}_w1.png" for p in prefixes], "store_row": range(len(prefixes))})
-    job = decode_sites(sites, PngSites(root), {"image_size": SIZE}, ImageSource(source="png", fit="crop"))
+    training = {**yaml.safe_load((ROOT / "conf/base/parameters_train.yml").read_text())["HEPG2"]["training"],
+                "image_size": SIZE}
+    hint = typing.get_type_hints(decode_sites)["training"]  # as Kedro builds it: the model the hint names, if any
+    training = hint.model_validate(training) if isinstance(hint, type) and issubclass(hint, BaseModel) else training
+    job = decode_sites(sites, PngSites(root), training, ImageSource(source="png", fit="crop"))
     assert (job.pixels, job.fit, job.image_size, job.prefixes) == ("png", "crop", SIZE, prefixes)
     assert job.store_bytes() == 10 * 2 * 6 * 8  # statistics only
     assert DecodeJob(PngSites(root), prefixes, 512).store_bytes() == 10 * (6 * 512 * 512 + 2 * 6 * 8)

@@ -311,6 +311,7 @@ def build_store(path: Path, job: DecodeJob, workers: int | None = None, chunk: i
     from tqdm.auto import tqdm
 
     path, key = Path(path), job.key()
+    describe_source(path, job)
     if _manifest(path) == key:
         log.info("Image store %s already holds these %d sites at %d px; reusing it", path, len(job.prefixes),
                  job.image_size)
@@ -319,7 +320,6 @@ def build_store(path: Path, job: DecodeJob, workers: int | None = None, chunk: i
     shape = (len(job.prefixes), N_CHANNELS, job.image_size, job.image_size)
     staged = {**key, "chunk": chunk}
     resumable = _manifest(staging) == staged and (staging / DONE).is_file()
-    describe_source(path, job)
     if not resumable:
         check_pngs(job.source, job.prefixes)  # every header, before anything is written
         shutil.rmtree(staging, ignore_errors=True)
