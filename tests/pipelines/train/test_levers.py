@@ -102,7 +102,7 @@ def test_starting_from_an_untrained_shared_model_is_refused_before_running(tiny_
                             {"HEPG2"})
 
 
-def _labeller(n_plates: int = 2, per_plate: int = 4, share: float = 1.0) -> PseudoLabeller:
+def _labeller(n_plates: int = 2, per_plate: int = 4, share: float = 1.0, initial_share: float = 0.0) -> PseudoLabeller:
     """Candidates of one experiment whose plate p holds group p - 1; 2 groups of 4 siRNAs, 1 site per well."""
     wells = pd.DataFrame([{"id_code": f"E-1_{p}_W{w}", "experiment": "E-1", "plate": p, "plate_index": p - 1,
                            "store_row": (p - 1) * per_plate + w}
@@ -110,7 +110,7 @@ def _labeller(n_plates: int = 2, per_plate: int = 4, share: float = 1.0) -> Pseu
     classes = pd.DataFrame({"sirna": range(9), "class_index": range(9), "well_type": ["treatment"] * 8 + ["negative"]})
     groups = pd.DataFrame({"sirna": range(8), "group": [0] * 4 + [1] * 4})
     layouts = pd.DataFrame({"layout": [0, 1], "plate_1": [0, 1], "plate_2": [1, 0]})
-    return PseudoLabeller(wells, classes, groups, layouts, PseudoLabels(start_epoch=1, final_share=share), epochs=2)
+    return PseudoLabeller(wells, classes, groups, layouts, PseudoLabels(start_epoch=1, initial_share=initial_share, final_share=share), epochs=2)
 
 
 def test_pseudo_labels_follow_the_plate_group_one_well_per_sirna_most_confident_first():
