@@ -1,19 +1,23 @@
 """One row of the accuracy-lever table: run the pipelines with a setting, then score on the preset.
 
     .venv/bin/python benchmarks/levers.py NAME [--env rxrx1_shaped] [--pipelines full] [--params K=V,...]
+                                               [--recipe FILE]
 
 Runs `kedro run --env ENV --pipelines PIPELINES --params PARAMS` (timed), then prints one markdown
 row: valid raw / masked / assigned accuracy (the run's own stage table), hidden-test accuracy after
 assignment (the submission against the generator's hidden labels) and the wall time. With
 pseudo-labelling on, it first prints how many of the labels added each epoch were wrong (against the
-hidden truth, validation and test wells alike). The rows of benchmarks/levers.md were made with it; see
-there for each row's command.
+hidden truth, validation and test wells alike). ``--recipe FILE`` merges a YAML file of parameter blocks
+(benchmarks/recipes/) over the environment's, for settings the command line cannot carry (lists of
+mappings): the run uses a temporary environment conf/_recipe_<file>, removed afterwards. The rows of
+benchmarks/levers.md were made with it; see there for each row's command.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -28,7 +32,35 @@ def main() -> None:
     parser.add_argument("--env", default="rxrx1_shaped")
     parser.add_argument("--pipelines", default="full")
     parser.add_argument("--params", default=None)
+    parser.add_argument("--recipe", type=Path, default=None)
     args = parser.parse_args()
+    if args.recipe:
+        args.env = recipe_env(args.env, args.recipe)
+    try:
+        run_and_score(args)
+    finally:
+        if args.recipe:
+            shutil.rmtree(ROOT / "conf" / args.env, ignore_errors=True)
+
+
+def recipe_env(env: str, recipe: Path) -> str:
+    """A temporary Kedro environment: ``env``'s conf with ``recipe``'s parameter blocks merged over its own
+    (one parameters file, since an environment may not define a top-level key twice)."""
+    from omegaconf import OmegaConf
+
+    name = f"_recipe_{recipe.stem}"
+    folder = ROOT / "conf" / name
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(ROOT / "conf" / env, folder)
+    files = sorted(folder.glob("parameters*.yml"))
+    merged = OmegaConf.merge(*[OmegaConf.load(f) for f in files], OmegaConf.load(recipe))
+    for file in files:
+        file.unlink()
+    OmegaConf.save(merged, folder / "parameters.yml")
+    return name
+
+
+def run_and_score(args: argparse.Namespace) -> None:
     command = [str(Path(sys.executable).with_name("kedro")), "run", f"--env={args.env}",
                f"--pipelines={args.pipelines}"] + ([f"--params={args.params}"] if args.params else [])
     start = time.perf_counter()
