@@ -13,6 +13,7 @@ from rxrx1_pipeline.pipelines.plate_groups.nodes import (
 )
 from rxrx1_pipeline.pipelines.postprocess import create_pipeline
 from tests.builders import make_wells, simulated_logits
+from rxrx1_pipeline.schema import Postprocess
 
 PARAMS = {"rotation": {"min_confidence": 0.99},
           "assignment": {"cost": "prob", "temperature": "auto", "temperature_bounds": [0.02, 50.0],
@@ -31,8 +32,8 @@ def run_postprocess(inputs: dict) -> dict:
     catalog = DataCatalog()
     for name, value in inputs.items():
         catalog[name] = value
-    for block, values in PARAMS.items():
-        catalog[f"params:postprocess.{block}"] = values
+    for block, values in PARAMS.items():  # built from the YAML values as Kedro builds a node's typed argument
+        catalog[f"params:postprocess.{block}"] = Postprocess.model_fields[block].annotation.model_validate(values)
     pipe = create_pipeline()
     for name in pipe.outputs() | {ds for n in pipe.nodes for ds in n.outputs}:
         catalog[name] = Kept()

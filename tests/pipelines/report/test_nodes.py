@@ -10,6 +10,7 @@ from rxrx1_pipeline.pipelines.report.nodes import (
     CHANNEL_RGB,
     build_report,
     composite,
+    example_wells,
     plot_training_curves,
 )
 from rxrx1_pipeline.plates import CELL_LINES
@@ -29,6 +30,17 @@ def test_training_curves_overlay_every_cell_line():
     assert list(fig.data[-1].y) == [0.4 + 0.3]  # validation points only where measured
     fig = plot_training_curves(history(0.5), untrained, *(history(0) for _ in CELL_LINES[1:]))
     assert [t.name for t in fig.data][::2] == ["shared", *CELL_LINES[1:]]  # HEPG2 used the shared model as it is
+    # the shared model in the top row, fine-tuning in the bottom row: never drawn as running side by side
+    assert [t.yaxis for t in fig.data] == ["y", "y2"] + ["y3", "y4"] * (len(CELL_LINES) - 1)
+
+
+def test_example_composites_come_from_every_cell_line():
+    truth = pd.DataFrame({"id_code": [f"{cl}-01_1_B{w:02d}" for cl in CELL_LINES for w in range(10)],
+                          "cell_line": [cl for cl in CELL_LINES for _ in range(10)],
+                          "correct": [w % 3 != 0 for _ in CELL_LINES for w in range(10)]})
+    picks = example_wells(truth, 8)
+    assert picks.groupby("cell_line").size().to_dict() == dict.fromkeys(CELL_LINES, 2)
+    assert picks.groupby("cell_line")["correct"].sum().to_dict() == dict.fromkeys(CELL_LINES, 1)
 
 
 def test_composite_maps_each_channel_to_its_colour():

@@ -22,26 +22,30 @@ CHANNEL_RGB = np.array([[19, 0, 249], [42, 255, 31], [255, 0, 25], [45, 255, 252
 
 
 def plot_training_curves(shared_history: pd.DataFrame, *histories: pd.DataFrame):
-    """Loss and validation site accuracy per epoch, the shared model and every cell line's overlaid (one colour
-    each); a model not trained in this recipe (an empty history) is left out."""
+    """Loss and validation site accuracy per epoch: the shared model of every cell line in the top row, each
+    cell line's own training (from scratch, or fine-tuning that starts where the shared model ended) in the
+    bottom row, one colour per cell line; a model not trained in this recipe (an empty history) is left out."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("fit loss", "validation site accuracy"))
+    fig = make_subplots(rows=2, cols=2, subplot_titles=("shared model: fit loss", "shared model: validation site accuracy",
+                                                        "per cell line: fit loss", "per cell line: validation site accuracy"))
     names, colours = ("shared", *CELL_LINES), ("#7f7f7f", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728")
-    for cell_line, history, colour in zip(names, (shared_history, *histories), colours):
+    for k, (cell_line, history, colour) in enumerate(zip(names, (shared_history, *histories), colours)):
         if history.empty:
             continue
+        row = 1 if k == 0 else 2
         fig.add_trace(go.Scatter(x=history["epoch"], y=history["loss"], name=cell_line, legendgroup=cell_line,
-                                 line={"color": colour}), row=1, col=1)
+                                 line={"color": colour}), row=row, col=1)
         if "valid_site_accuracy" in history:
             valid = history.dropna(subset=["valid_site_accuracy"])
             fig.add_trace(go.Scatter(x=valid["epoch"], y=valid["valid_site_accuracy"], name=cell_line,
                                      legendgroup=cell_line, showlegend=False, mode="lines+markers",
-                                     line={"color": colour}), row=1, col=2)
-    fig.update_xaxes(title_text="epoch")
-    fig.update_yaxes(tickformat=".0%", row=1, col=2)
-    fig.update_layout(title="Training, all cell lines", template="plotly_white")
+                                     line={"color": colour}), row=row, col=2)
+    fig.update_xaxes(title_text="epoch of the shared model", row=1)
+    fig.update_xaxes(title_text="epoch of the cell line's own training", row=2)
+    fig.update_yaxes(tickformat=".0%", col=2)
+    fig.update_layout(title="Training, all cell lines", template="plotly_white", height=700)
     return fig
 
 
@@ -59,6 +63,19 @@ def _png(rgb: np.ndarray, size: int = 160) -> str:
     buf = io.BytesIO()
     Image.fromarray(rgb).resize((size, size), Image.NEAREST).save(buf, format="PNG")
     return base64.b64encode(buf.getvalue()).decode()
+
+
+def example_wells(truth: pd.DataFrame, examples: int) -> pd.DataFrame:
+    """Up to ``examples`` validation wells spread over the cell lines: in each, up to half wrong ones, the rest
+    right."""
+    lines = sorted(truth["cell_line"].unique())
+    per_line = max(1, examples // max(1, len(lines)))
+    picks = []
+    for cell_line in lines:
+        mine = truth[truth["cell_line"] == cell_line]
+        wrong = mine[~mine["correct"]].head(per_line // 2)
+        picks += [mine[mine["correct"]].head(per_line - len(wrong)), wrong]
+    return pd.concat(picks).head(examples)
 
 
 def build_report(postprocess_metrics: pd.DataFrame, training_curves, postprocess_chart,
@@ -79,8 +96,7 @@ def build_report(postprocess_metrics: pd.DataFrame, training_curves, postprocess
     per_plate = truth.pivot_table(index="experiment", columns="plate", values="correct", aggfunc="mean")
     per_plate.columns = [f"plate {p}" for p in per_plate.columns]
 
-    wrong = truth[~truth["correct"]].head(examples // 2)  # up to half wrong ones, the rest right
-    picks = pd.concat([truth[truth["correct"]].head(examples - len(wrong)), wrong])
+    picks = example_wells(truth.merge(wells[["id_code", "cell_line"]], on="id_code"), examples)
     tiles = []
     for _, row in picks.iterrows():
         site = sites[(sites["id_code"] == row["id_code"]) & (sites["site"] == 1)].iloc[0]
