@@ -353,21 +353,95 @@ def ddp_check(project: Path, epochs: int, table: Table) -> None:
         raise RuntimeError(f"DDP check: the launched losses {ddp} differ from the plain path's {plain}")
 
 
+def _wrapped_steps(rank: int, arch: str, size: int, steps: int, backend: str, port: int, out: str) -> None:
+    """In a spawned process: the project's TrainStep wrapped in DistributedDataParallel (world size 1), trained
+    on the fixed batches of :func:`_batches`; writes the losses to ``out``."""
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        dev = torch.device("cuda:0" if backend == "nccl" else "cpu")
+        step = _train_step(arch, dev)
+        ddp = torch.nn.parallel.DistributedDataParallel(step, device_ids=[0] if backend == "nccl" else None)
+        Path(out).write_text(json.dumps(_run_steps(ddp, step, arch, size, steps, dev)))
+    finally:
+        dist.destroy_process_group()
+
+
+def _train_step(arch: str, dev):
+    import torch
+
+    from rxrx1_pipeline.nn.network import EmbeddingNet
+    from rxrx1_pipeline.nn.training import TrainStep
+
+    torch.manual_seed(0)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    return TrainStep(EmbeddingNet(arch, 11, 16)).to(dev)
+
+
+def _run_steps(module, step, arch: str, size: int, steps: int, dev) -> list[float]:
+    import torch
+
+    opt = torch.optim.SGD(step.parameters(), lr=0.01)
+    g = torch.Generator().manual_seed(1)
+    losses = []
+    for _ in range(steps):
+        x = torch.randn(8, 6, size, size, generator=g).to(dev)
+        y = torch.randint(11, (8,), generator=g).to(dev)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            _, loss = module(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def ddp_wrapper_check(arch: str, size: int, device, table: Table, steps: int = 4) -> None:
+    """The project's TrainStep trained on the same batches plainly and wrapped in DDP (1 process, NCCL on a
+    GPU, gloo on the CPU): gradients then go through DDP's all-reduce; the losses must match."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    plain = _run_steps(*(2 * [_train_step(arch, device)]), arch, size, steps, device)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "losses.json"
+        start = time.perf_counter()
+        mp.spawn(_wrapped_steps, args=(arch, size, steps, backend, port, str(out)), nprocs=1, join=True)
+        wrapped = json.loads(out.read_text())
+    gap = max(abs(a - b) / max(abs(a), 1e-12) for a, b in zip(plain, wrapped))
+    ok = gap <= (1e-3 if device.type == "cuda" else 1e-6)
+    table.add("ddp", f"DistributedDataParallel(TrainStep), 1 process, {backend}, {arch} {size} px, {steps} steps",
+              " / ".join(f"{v:.4f}" for v in wrapped),
+              f"plain: {' / '.join(f'{v:.4f}' for v in plain)}; max rel. gap {gap:.1e} ({'match' if ok else 'MISMATCH'}); "
+              f"{time.perf_counter() - start:.0f} s")
+    if not ok:
+        raise RuntimeError(f"DDP wrapper check: losses {wrapped} differ from the plain path's {plain}")
+
+
 # ---------------------------------------------------------------------------------------------- projection
 
 
-def real_schedule() -> tuple[int, int]:
-    """(shared-model epochs, per-cell-line epochs) of the ``real`` recipe (conf/real over conf/base)."""
+def real_schedule() -> tuple[int, int, str]:
+    """(shared-model epochs, per-cell-line epochs, backbone) of the ``real`` recipe (conf/real over conf/base)."""
     base = yaml.safe_load((ROOT / "conf" / "base" / "parameters_train.yml").read_text())
     real = yaml.safe_load((ROOT / "conf" / "real" / "parameters_train.yml").read_text()) or {}
     shared = {**base.get("shared_training", {}), **real.get("shared_training", {})}
     line = {**base["HEPG2"]["training"], **(real.get("HEPG2", {}).get("training") or {})}
-    return int(shared.get("epochs", 0)), int(line.get("epochs", 0))
+    return int(shared.get("epochs", 0)), int(line.get("epochs", 0)), str(shared.get("arch", line.get("arch")))
 
 
-def project(table: Table, train_rate: float, infer_rate: float, loader: dict[str, float], arch: str,
-            smoke: bool) -> None:
-    shared_epochs, line_epochs = real_schedule()
+def project(table: Table, rates: dict[str, tuple[float, float]], loader: dict[str, float], smoke: bool) -> None:
+    """The real recipe's wall time on one GPU from the measured rates of its backbone (else the last measured)."""
+    shared_epochs, line_epochs, recipe_arch = real_schedule()
+    arch = recipe_arch if recipe_arch in rates else list(rates)[-1]
+    train_rate, infer_rate = rates[arch]
     sites = REAL_LABELLED_SITES + REAL_TEST_CONTROL_SITES
     epochs = shared_epochs + line_epochs  # each line fine-tuned on its share: all lines together = one pass each
     widest = max(int(k.split("/")[1]) for k in loader)
@@ -379,7 +453,8 @@ def project(table: Table, train_rate: float, infer_rate: float, loader: dict[str
         infer = REAL_PREDICTED_SITES * 8 / min(infer_rate, feed)  # 8 dihedral views per site
         total = epochs * epoch + infer
         note = ("from CPU smoke rates: not a real projection; " if smoke else "") + \
-               f"{arch}; {sites:,} sites/epoch at {rate:.0f} sites/s; bound: {bound}; 1 GPU: no all-reduce"
+               f"{arch}{'' if arch == recipe_arch else f' (the recipe has {recipe_arch})'}; {sites:,} sites/epoch at " \
+               f"{rate:.0f} sites/s; bound: {bound}; 1 GPU: no all-reduce"
         table.add("projection", f"real recipe, images.source {source}: one epoch", f"{epoch / 60:.1f} min", note)
         table.add("projection", f"images.source {source}: whole schedule ({shared_epochs} shared + {line_epochs} "
                                 "per line epochs, + 8-view inference)", f"{total / 3600:.2f} h",
@@ -420,6 +495,7 @@ def main() -> None:
         project_dir = tiny_project(tmp / "project", plan.project_size, plan.project_epochs)
         kedro_run(project_dir, table)
         ddp_check(project_dir, plan.project_epochs, table)
+        ddp_wrapper_check(plan.archs[0], plan.image_size if args.smoke else 128, device, table)
         if not args.no_compile:
             for arch in plan.archs:
                 if time.perf_counter() - began > args.budget:
@@ -427,8 +503,7 @@ def main() -> None:
                     continue
                 compiled = model_rates(arch, plan, device, True, table)
                 rates[arch] = max(rates[arch], compiled)
-        arch = plan.archs[-1]
-        project(table, *rates[arch], loader, arch, args.smoke)
+        project(table, rates, loader, args.smoke)
     table.add("total", "gpu_check wall time", f"{time.perf_counter() - began:.0f} s")
     print("\n" + table.text())
     if args.out:
