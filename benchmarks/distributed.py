@@ -33,6 +33,7 @@ def main() -> None:
 
     from rxrx1_pipeline.datasets import CheckpointStore
     from rxrx1_pipeline.pipelines.train.nodes import train_model
+    from rxrx1_pipeline.schema import Training
 
     bootstrap_project(ROOT)
     cl = args.cell_line
@@ -40,19 +41,20 @@ def main() -> None:
         catalog = session.load_context().catalog
         inputs = [catalog.load(name) for name in (f"{cl}.model_sites", f"{cl}.site_images", f"{cl}.plate_stats",
                                                   "classes")]
-        training = dict(catalog.load("parameters")[cl]["training"])
+        training = catalog.load(f"params:{cl}.training")  # the Training block Kedro built
     if args.epochs:
-        training["epochs"] = args.epochs
+        training = Training.model_validate({**training.model_dump(), "epochs": args.epochs})
     curves, times = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.processes:
-            settings = {**training, "distributed": {**training.get("distributed", {}), "nproc_per_node": n}}
+            settings = Training.model_validate({**training.model_dump(), "distributed": {
+                **training.distributed.model_dump(), "nproc_per_node": n}})
             start = time.perf_counter()
             _, history, _ = train_model(*inputs, CheckpointStore(Path(tmp) / f"{n}.pt"), cl, settings)
             times[n] = time.perf_counter() - start
             curves[f"{n} process{'es' if n > 1 else ''}"] = history.set_index("epoch")[
                 ["loss", "valid_site_accuracy"]]
-    print(f"\n{cl}: global batch {training['batch_size']}, {training['epochs']} epochs, seed {training['seed']}")
+    print(f"\n{cl}: global batch {training.batch_size}, {training.epochs} epochs, seed {training.seed}")
     print(pd.concat(curves, axis=1).round(4).to_string())
     for n, seconds in times.items():
         print(f"{n} process(es): {seconds:.1f} s wall")

@@ -36,6 +36,7 @@ from rxrx1_pipeline.pipelines.plate_groups.nodes import (  # noqa: E402
 )
 from rxrx1_pipeline.pipelines.postprocess import nodes as pp  # noqa: E402
 from rxrx1_pipeline.plates import layout_matrix  # noqa: E402
+from rxrx1_pipeline.schema import Assignment, Rotation  # noqa: E402
 
 CSVS = ("train.csv", "test.csv", "train_controls.csv", "test_controls.csv")
 STRENGTHS = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.6)
@@ -49,7 +50,7 @@ OPTIONS = {  # name -> assignment params
 }
 DEFAULT = "prob T=auto sk10"
 BOUNDS = [0.02, 50.0]
-ROTATION = {"min_confidence": 0.99}
+ROTATION = Rotation(min_confidence=0.99)
 
 
 def simulate(wells: pd.DataFrame, truth: np.ndarray, sirnas: np.ndarray, strength: float,
@@ -101,7 +102,7 @@ def run_options(valid_logits, test_logits, wells, groups, layouts, train_pg, tes
     results = {}
     calibrations = {}
     for name, opt in OPTIONS.items():
-        params = {**opt, "temperature_bounds": BOUNDS}
+        params = Assignment(**opt, temperature_bounds=BOUNDS)
         key = str(opt["temperature"])
         if key not in calibrations:
             calibrations[key] = pp.fit_temperature(valid_logits, wells, groups, params)
@@ -131,7 +132,7 @@ def stage_times(test_logits, valid_logits, wells, groups, layouts, params, repea
         key, names = pd.factorize(rows["experiment"] + " plate " + rows["plate"].astype(str))
         _, t["  assignment (softmax, Sinkhorn, LSA per plate)"] = timed(
             kernels.assign_per_plate, x, col_group, well_group, key, np.asarray(names), cal["temperature"],
-            params["cost"], params["sinkhorn_iterations"])
+            params.cost, params.sinkhorn_iterations)
         pred, t["mask + assignment (node)"] = timed(pp.assign_wells, test_logits, wells, groups, pg, cal, params)
         _, t["submission (node)"] = timed(pp.build_submission, pred, wells)
         best = {k: min(v, best.get(k, np.inf)) for k, v in t.items()}
@@ -245,7 +246,7 @@ def main() -> None:
     vl = simulate(valid, valid["sirna"].to_numpy(np.int64), sirnas, mid, rng)
     tl = simulate(test, test_truth, sirnas, mid, rng)
     vl, tl = parquet_round_trip(vl), parquet_round_trip(tl)
-    params = {**OPTIONS[DEFAULT], "temperature_bounds": BOUNDS}
+    params = Assignment(**OPTIONS[DEFAULT], temperature_bounds=BOUNDS)
     times = stage_times(tl, vl, wells, groups, layouts, params)
     print(f"\nCompute time on the real-size test set ({len(tl)} wells x {len(sirnas)} siRNAs; "
           f"temperature fit on {len(vl)} validation wells), best of 3:")

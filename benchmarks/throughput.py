@@ -35,9 +35,9 @@ def load_project(env: str | None, cell_line: str):
     bootstrap_project(ROOT)
     with KedroSession.create(project_path=ROOT, env=env) as session:
         context = session.load_context()
-        catalog, params = context.catalog, context.params
+        catalog = context.catalog
         try:
-            return (params[cell_line]["training"], catalog.load(f"{cell_line}.model_sites"),
+            return (catalog.load(f"params:{cell_line}.training"), catalog.load(f"{cell_line}.model_sites"),
                     catalog.load(f"{cell_line}.site_images"), catalog.load("raw_site_images"),
                     len(catalog.load("classes")))
         except Exception as exc:
@@ -145,10 +145,10 @@ def main() -> None:
     args = parser.parse_args()
 
     training, sites, store, reader, n_classes = load_project(args.env, args.cell_line)
-    arch = args.arch or training["arch"]
-    size = args.image_size or training["image_size"]
-    batch = args.batch_size or training["batch_size"]
-    channels_last = training.get("channels_last", False) if args.channels_last is None else args.channels_last
+    arch = args.arch or training.arch
+    size = args.image_size or training.image_size
+    batch = args.batch_size or training.batch_size
+    channels_last = training.channels_last if args.channels_last is None else args.channels_last
     cores = os.cpu_count() or 1
     workers = args.workers or sorted({0, cores})
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -8,6 +8,7 @@ import pandas as pd
 
 from rxrx1_pipeline.images import ImageStore, read_site
 from rxrx1_pipeline.pipelines.synthetic.nodes import render_sites
+from rxrx1_pipeline.schema import Synthetic
 from tests.builders import shrink_project
 from tests.conftest import ROOT, kedro_run
 
@@ -28,7 +29,7 @@ def test_synthetic_then_full_then_postprocess(project_copy: Path):
     assert {str(p.relative_to(raw)) for p in raw.rglob("*.png")} == set(
         sites[[f"w{c}" for c in range(1, 7)]].to_numpy().ravel())
     prefix = sites["w1"].iloc[len(sites) // 2][: -len("_w1.png")]
-    np.testing.assert_array_equal(read_site(raw, prefix), render_sites(truth, synthetic)[prefix]())
+    np.testing.assert_array_equal(read_site(raw, prefix), render_sites(truth, Synthetic.model_validate(synthetic))[prefix]())
 
     test_wells = wells[(wells["split"] == "test") & (wells["well_type"] == "treatment")]
     submission = pd.read_csv(data / "08_reporting/submission.csv")

@@ -1,11 +1,22 @@
 """Kedro project settings."""
 
+import warnings
+
 from kedro.config import OmegaConfigLoader
 
 from rxrx1_pipeline.catalog import AtomicDataCatalog
 from rxrx1_pipeline.hooks import TrackRun, ValidateParameters
 from rxrx1_pipeline.locks import OneRunPerOutputRoot
 from rxrx1_pipeline.tracking import CheckTrackingStore, MarkInterruptedRuns, TrackingCannotFailRuns
+
+# kedro-mlflow's pipeline model has no type hints on `predict`, and mlflow says so (in raw ANSI colours) when the
+# plugin defines it, i.e. on every kedro command. mlflow forces its own filter on that warning, so the plugin's
+# model is defined here, once, with the warnings of that import recorded instead of shown. The project logs no
+# such model; every other warning is shown as usual.
+with warnings.catch_warnings(record=True):
+    import kedro_mlflow.mlflow  # noqa: F401
+# kedro-viz 12.5 builds its API on a FastAPI response class that FastAPI now deprecates (kedro viz only).
+warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 # "soft" merging lets an environment (e.g. conf/real) override single nested keys such as HUVEC.training.epochs.
