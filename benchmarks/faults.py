@@ -267,13 +267,16 @@ def tracked_into_the_copy(project: Path, result: subprocess.CompletedProcess) ->
     return ""
 
 
-def both(*checks: Callable[[Path, subprocess.CompletedProcess], str]) -> Callable[[Path, subprocess.CompletedProcess], str]:
+Check = Callable[[Path, subprocess.CompletedProcess], str]
+
+
+def both(*checks: Check) -> Check:
     def check(project: Path, result: subprocess.CompletedProcess) -> str:
         return next((problem for problem in (c(project, result) for c in checks) if problem), "")
     return check
 
 
-def printed(text: str) -> Callable[[Path, subprocess.CompletedProcess], str]:
+def printed(text: str) -> Check:
     def check(project: Path, result: subprocess.CompletedProcess) -> str:
         return "" if text in result.stderr + result.stdout else f"the run did not say {text!r}"
     return check
@@ -322,7 +325,8 @@ def cases(reference: Path) -> list[Case]:
              check=same_as(reference, store)),
         Case("16-bit PNG in the image tree", png_16_bit, ("--pipelines=train", "--namespaces=HEPG2"),
              "is mode I;16 (16-bit, 1 channel)"),
-        Case("header-only test.csv", header_only_test_csv, ("--pipelines=ingest",), "test.csv: no wells (a header only)"),
+        Case("header-only test.csv", header_only_test_csv, ("--pipelines=ingest",),
+             "test.csv: no wells (a header only)"),
         Case("control id equal to a treatment id", control_id_of_a_treatment, ("--pipelines=ingest",),
              "is also a treatment siRNA id (train.csv"),
         Case("ensemble member in test/ only", member_in_test_only, ("--pipelines=postprocess",),

@@ -65,7 +65,8 @@ def test_a_held_lock_is_refused_naming_its_holder_then_taken_over_once_it_died(h
     assert lock.is_file()
     with caplog.at_level(logging.WARNING), FileLock(lock, "output root out"):
         assert f'"pid": {os.getpid()}' in lock.read_text()
-    assert f"Taking over the lock of output root out from a run that is no longer running: pid {proc.pid}" in caplog.text
+    assert (f"Taking over the lock of output root out from a run that is no longer running: pid {proc.pid}"
+            in caplog.text)
     assert not lock.exists()  # released: removed
 
 

@@ -107,7 +107,23 @@ class Logger:
         self._log(dataset_name)
 
 
-def test_a_tracking_error_after_the_start_is_logged_and_the_run_goes_on(caplog):
+class FakeMlflow:
+    """What the tracking hooks call of mlflow: the active run, end_run(status), MlflowClient().set_terminated."""
+
+    def __init__(self, run_id: str = "r0"):
+        self.ended, self.terminated, self.run_id = [], [], run_id
+
+    def active_run(self):
+        return None if self.ended else SimpleNamespace(info=SimpleNamespace(run_id=self.run_id))
+
+    def end_run(self, status):
+        self.ended.append(status)
+
+    def MlflowClient(self):  # noqa: N802 (mlflow's name)
+        return SimpleNamespace(set_terminated=lambda run_id, status: self.terminated.append((run_id, status)))
+
+
+def test_a_tracking_error_after_the_start_is_logged_and_the_run_goes_on(caplog, monkeypatch):
     manager = _create_hook_manager()
     guard = TrackingCannotFailRuns()
     manager.register(guard)
@@ -119,24 +135,23 @@ def test_a_tracking_error_after_the_start_is_logged_and_the_run_goes_on(caplog):
                               "'mlruns/1/abc/artifacts/submission'"]
     assert "The run's outputs are complete, but tracking failed 1 time(s); the MLflow run was not opened" in caplog.text
 
+    opened = _create_hook_manager()
+    guard = TrackingCannotFailRuns()
+    opened.register(guard)
+    opened.register(Logger("mlflow"))
+    fake = FakeMlflow(run_id="r1")
+    monkeypatch.setitem(sys.modules, "mlflow", fake)
+    opened.hook.before_pipeline_run(run_params={}, pipeline=None, catalog=None)  # kedro-mlflow has opened run r1
+    opened.hook.after_dataset_saved(dataset_name="report", data=None, node=None)
+    opened.hook.after_pipeline_run(run_params={}, run_result={}, pipeline=None, catalog=None)
+    assert fake.ended == ["FAILED"] and fake.terminated == [("r1", "FAILED")]
+    assert "the MLflow run r1 is marked FAILED. First: after saving report: PermissionError" in caplog.text
+
     other = _create_hook_manager()
     other.register(TrackingCannotFailRuns())
     other.register(Logger("rxrx1_pipeline"))
     with pytest.raises(PermissionError):  # not tracking code: raised as usual
         other.hook.after_dataset_saved(dataset_name="submission", data=None, node=None)
-
-
-class FakeMlflow:
-    """What MarkInterruptedRuns calls of mlflow: an active run and end_run(status)."""
-
-    def __init__(self):
-        self.ended = []
-
-    def active_run(self):
-        return None if self.ended else object()
-
-    def end_run(self, status):
-        self.ended.append(status)
 
 
 def test_a_sigtermed_run_is_marked_killed_and_exits_143(monkeypatch, caplog):

@@ -24,6 +24,7 @@ import os
 import signal
 import socket
 import sqlite3
+import sys
 import threading
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -57,8 +58,8 @@ def _probe_folder(folder: Path, what: str, fix: str) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise TrackingStoreError(f"{what} {folder} is not a writable folder ({type(exc).__name__}: {exc.strerror or exc}); "
-                                 f"{fix}") from None
+        reason = f"{type(exc).__name__}: {exc.strerror or exc}"
+        raise TrackingStoreError(f"{what} {folder} is not a writable folder ({reason}); {fix}") from None
 
 
 class CheckTrackingStore:
@@ -183,6 +184,7 @@ class TrackingCannotFailRuns:
 
     def __init__(self) -> None:
         self.failures: list[str] = []
+        self.run_id: str | None = None
 
     def _guard(self, where: str):
         try:
@@ -196,8 +198,12 @@ class TrackingCannotFailRuns:
 
     @hook_impl(wrapper=True)
     def before_pipeline_run(self):
-        self.failures = []
-        return (yield)  # a store that fails here fails the run before any node
+        self.failures, self.run_id = [], None
+        result = yield  # a store that fails here fails the run before any node
+        mlflow = sys.modules.get("mlflow")  # imported by kedro-mlflow when it tracks; never imported here
+        run = mlflow.active_run() if mlflow is not None else None
+        self.run_id = run.info.run_id if run is not None else None
+        return result
 
     @hook_impl(wrapper=True)
     def before_node_run(self, node):
@@ -219,27 +225,27 @@ class TrackingCannotFailRuns:
     def after_pipeline_run(self):
         result = yield from self._guard("closing the run")
         if self.failures:
-            status = _mark_failed()
+            status = _mark_failed(self.run_id)
             log.error("The run's outputs are complete, but tracking failed %d time(s); the MLflow run %s. First: %s. "
                       "Check the tracking store (conf mlflow.yml: server.mlflow_tracking_uri, the experiment's "
                       "artifact folder)", len(self.failures), status, self.failures[0])
         return result
 
 
-def _mark_failed() -> str:
-    """End the run's MLflow run as FAILED if the store still answers; says what happened."""
+def _mark_failed(run_id: str | None) -> str:
+    """End this run's MLflow run ``run_id`` as FAILED if the store still answers; says what happened."""
+    if run_id is None:
+        return "was not opened"
     try:
         import mlflow
 
-        run = mlflow.active_run() or mlflow.last_active_run()
-        if run is None:
-            return "was not opened"
-        while mlflow.active_run() is not None:
+        active = mlflow.active_run()
+        if active is not None and active.info.run_id == run_id:
             mlflow.end_run("FAILED")
-        mlflow.MlflowClient().set_terminated(run.info.run_id, "FAILED")
-        return f"{run.info.run_id} is marked FAILED"
+        mlflow.MlflowClient().set_terminated(run_id, "FAILED")
+        return f"{run_id} is marked FAILED"
     except Exception as exc:
-        return f"could not be marked FAILED either ({type(exc).__name__}: {exc})"
+        return f"{run_id} could not be marked FAILED either ({type(exc).__name__}: {exc})"
 
 
 class MarkInterruptedRuns:
