@@ -8,9 +8,9 @@ experiments plus, as metadata only (their sites have no images here), one more l
 cell line (the held-out experiment ``select_sites`` requires) and a test experiment of each cell line but
 HEPG2 (ingest wants test wells of every cell line). Skipped where ../shared is absent.
 
-Backbone: timm ``test_resnet`` (a few thousand parameters), since densenet161 at 512 px takes seconds per
-site on these CPUs; the 512 px figures of the real backbones come from ``benchmarks/real_pixels.py`` and
-``benchmarks/gpu_check.py``.
+The network and recipe are the ``real`` environment's (conf/real over conf/base) but for the backbone: timm
+``test_resnet`` (a few thousand parameters) instead of densenet161, which takes seconds per 512 px site on
+these CPUs (``benchmarks/real_pixels.py``), two epochs of batches of 8, and no pseudo-labels.
 """
 
 import typing
@@ -79,11 +79,25 @@ def ingested(real_root):
     return wells, build_sites(wells), build_class_index(wells)
 
 
+def merged(base: dict, over: dict) -> dict:
+    """``over`` soft-merged into ``base`` (nested blocks key by key), as Kedro merges an environment's conf."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def training_block(**overrides) -> dict:
-    """The project's shared_training block (conf/base), shrunk for a CPU at 512 px."""
-    block = yaml.safe_load((ROOT / "conf" / "base" / "parameters_train.yml").read_text())["shared_training"]
-    return {**block, "arch": "test_resnet", "image_size": SIZE, "embedding_dim": 32, "epochs": 2, "batch_size": 8,
-            "validate_every": 0, "num_workers": 0, "device": "cpu", **overrides}
+    """The `real` environment's shared_training block (conf/real over conf/base: the real network and recipe)
+    with a small backbone, two epochs and no pseudo-labels, for a CPU at 512 px."""
+    base, real = (yaml.safe_load((ROOT / "conf" / env / "parameters_train.yml").read_text())["shared_training"]
+                  for env in ("base", "real"))
+    block = merged(base, real)
+    small = {"arch": "test_resnet", "pretrained": "none", "image_size": SIZE, "epochs": 2, "batch_size": 8,
+             "validate_every": 0, "num_workers": 0, "device": "cpu", "pseudo_labels": {"start_epoch": 0}}
+    if "lr_cycles" in block:
+        small["lr_cycles"] = [{"lr": block["lr"], "until_epoch": 2}]
+    return merged(block, {**small, **overrides})
 
 
 def test_incomplete_real_site_fails_naming_the_missing_file(real_root, tmp_path):
