@@ -42,7 +42,8 @@ class Strict(BaseModel):
         try:
             return super().model_validate(obj, *args, **kwargs)
         except ValidationError as exc:
-            raise ParameterError("\n  ".join(["invalid parameters (nothing was run):", *problems_of(exc)])) from None
+            # one line, which Kedro prefixes with the block's key ("Parameter 'HEPG2.training': ...")
+            raise ParameterError("invalid parameters (nothing was run): " + "; ".join(problems_of(exc))) from None
 
 
 def problems_of(exc: ValidationError, block: str = "") -> list[str]:
@@ -51,7 +52,10 @@ def problems_of(exc: ValidationError, block: str = "") -> list[str]:
     for error in exc.errors():
         key = ".".join([p for p in [block, *(str(p) for p in error["loc"])] if p])
         value, message = error.get("input"), error["msg"].removeprefix("Value error, ")
-        problems.append(f"{key}: {message}" if isinstance(value, dict) or not key else f"{key} = {value!r}: {message}")
+        if not key:  # a check across the whole block
+            problems.append(message)
+        else:
+            problems.append(f"{key}: {message}" if isinstance(value, dict) else f"{key} = {value!r}: {message}")
     return problems
 
 
