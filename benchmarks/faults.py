@@ -29,10 +29,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the tiny-project builders are shared with the tests
-
-from tests.builders import copy_project, shrink_project  # noqa: E402
+from rxrx1_pipeline.tiny_project import ROOT, copy_project, shrink_project
 
 KEDRO = Path(sys.executable).with_name("kedro")
 INJECTOR = '''

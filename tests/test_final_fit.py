@@ -59,7 +59,7 @@ def test_final_fit_command_runs_held_out_then_final_with_its_temperature(project
 
     import mlflow
 
-    from tests.builders import shrink_project
+    from rxrx1_pipeline.tiny_project import shrink_project
     from tests.conftest import kedro_run
 
     shrink_project(project_copy)

@@ -9,7 +9,7 @@ import pandas as pd
 from rxrx1_pipeline.images import ImageStore, read_site
 from rxrx1_pipeline.pipelines.synthetic.nodes import render_sites
 from rxrx1_pipeline.schema import Synthetic
-from tests.builders import shrink_project
+from rxrx1_pipeline.tiny_project import shrink_project
 from tests.conftest import ROOT, kedro_run
 
 
