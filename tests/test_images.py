@@ -205,3 +205,15 @@ def test_a_regenerated_tree_is_decoded_again(tmp_path):
     dataset.save({p: np.full((6, 4, 4), 2, np.uint8) for p in prefixes})  # same names, new pixels
     build_store(tmp_path / "store", DecodeJob(dataset.load(), prefixes, 4), workers=1)
     assert (ImageStore(tmp_path / "store").images == 2).all()
+
+
+def test_writing_a_site_tree_logs_its_progress_when_no_terminal_shows_a_bar(tmp_path, caplog):
+    import logging
+
+    image = np.zeros((6, 8, 8), np.uint8)
+    sites = {f"train/HEPG2-01/Plate1/B{w:02d}_s1": image for w in range(2, 22)}
+    with caplog.at_level(logging.INFO, logger="rxrx1_pipeline.datasets"):
+        SiteImagesDataset(path=str(tmp_path / "tree"), workers=2).save(sites)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("writing sites")]
+    assert lines[0] == "writing sites: 2 of 20 (10%)" and lines[-1] == "writing sites: 20 of 20 (100%)"
+    assert len(lines) == 10

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -64,9 +65,12 @@ class SiteImagesDataset(AbstractDataset[dict, PngSites]):
 
         try:
             with ThreadPoolExecutor(self._workers) as pool:
-                for _ in tqdm(pool.map(write, data.items()), total=len(data), desc="writing sites", unit="site",
-                              mininterval=1, disable=None):
-                    pass
+                # a bar on a terminal; in a log (no terminal), a line at every tenth of the sites
+                tenth = max(1, len(data) // 10)
+                for done, _ in enumerate(tqdm(pool.map(write, data.items()), total=len(data), desc="writing sites",
+                                              unit="site", mininterval=1, disable=None), start=1):
+                    if done % tenth == 0 and not sys.stderr.isatty():
+                        log.info("writing sites: %d of %d (%.0f%%)", done, len(data), 100 * done / len(data))
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
