@@ -162,21 +162,38 @@ def check_pixels(plan: Plan, tmp: Path, table: Table) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------------- models
 
 
+def recipe_network(arch: str, device):
+    """The ``real`` recipe's network (conf/real's shared_training over conf/base: neck, cell-line input, head,
+    BatchNorm momentum, channels_last) with ``arch`` as its backbone and random weights, as the project builds
+    it (``nn.network.build_network``), wrapped in the project's ``nn.training.TrainStep`` (network + loss)."""
+    from rxrx1_pipeline.nn.identity import model_settings
+    from rxrx1_pipeline.nn.network import build_network
+    from rxrx1_pipeline.nn.training import TrainStep
+    from rxrx1_pipeline.schema import SharedTraining
+
+    base, real = (yaml.safe_load((ROOT / "conf" / env / "parameters_train.yml").read_text())["shared_training"]
+                  for env in ("base", "real"))
+    block = {**base, **real, "arch": arch, "pretrained": "none", "pretrained_weights": None}
+    block["pseudo_labels"] = {"start_epoch": 0}
+    settings = {**model_settings(SharedTraining.model_validate(block)), "cell_lines": list(CELL_LINES)}
+    return TrainStep(build_network(settings, 1139, pretrained=False)).to(device)
+
+
 def model_rates(arch: str, plan: Plan, device, compiled: bool, table: Table) -> tuple[float, float]:
-    """(train, inference) sites/s of the project's EmbeddingNet at ``plan.image_size``, bf16 autocast on CUDA,
-    channels_last; compile time is left out of the rate and reported."""
+    """(train, inference) sites/s of the real recipe's network (:func:`recipe_network`) at ``plan.image_size``,
+    bf16 autocast on CUDA, channels_last; compile time is left out of the rate and reported."""
     import torch
 
-    from rxrx1_pipeline.nn.network import EmbeddingNet
-
     torch.manual_seed(0)
-    net = EmbeddingNet(arch, 1139, 512).to(device).to(memory_format=torch.channels_last)
-    net.channels_last = True
-    forward = torch.compile(net, backend=plan.compile_backend) if compiled else net
+    step = recipe_network(arch, device)
+    net = step.net
+    forward = torch.compile(step, backend=plan.compile_backend) if compiled else step
+    embed = torch.compile(net, backend=plan.compile_backend) if compiled else net
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     x = torch.randn(plan.batch, 6, plan.image_size, plan.image_size, device=device)
     y = torch.randint(1139, (plan.batch,), device=device)
+    lines = torch.randint(len(CELL_LINES), (plan.batch,), device=device)
 
     def sync():
         if device.type == "cuda":
@@ -184,14 +201,14 @@ def model_rates(arch: str, plan: Plan, device, compiled: bool, table: Table) -> 
 
     def train_step():
         with autocast:
-            loss = torch.nn.functional.cross_entropy(net.logits(forward(x).float(), y), y)
+            _, loss = forward(x, y, lines)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
     def infer_step():
         with torch.no_grad(), autocast:
-            net.logits(forward(x).float())
+            net.logits(embed(x, lines).float())
 
     rates, warm = [], 0.0
     for step, training in ((train_step, True), (infer_step, False)):
@@ -210,15 +227,14 @@ def model_rates(arch: str, plan: Plan, device, compiled: bool, table: Table) -> 
     note = f"{mode}, batch {plan.batch}" + (f", warm-up/compile {warm:.0f} s" if compiled else "")
     table.add("model", f"{arch} train, {plan.image_size} px", f"{rates[0]:.0f} sites/s", note)
     table.add("model", f"{arch} inference (1 view), {plan.image_size} px", f"{rates[1]:.0f} sites/s", note)
-    del net, forward, opt
+    del step, net, forward, embed, opt
     return rates[0], rates[1]
 
 
 def peak_memory(arch: str, plan: Plan, device, table: Table) -> None:
-    """Peak GPU memory of an eager train step (bf16 autocast, channels_last) at each of ``memory_batches``."""
+    """Peak GPU memory of an eager train step of the recipe's network (bf16 autocast, channels_last) at each
+    of ``memory_batches``."""
     import torch
-
-    from rxrx1_pipeline.nn.network import EmbeddingNet
 
     for batch in plan.memory_batches:
         if device.type != "cuda":
@@ -226,14 +242,14 @@ def peak_memory(arch: str, plan: Plan, device, table: Table) -> None:
             continue
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-        net = EmbeddingNet(arch, 1139, 512).to(device).to(memory_format=torch.channels_last)
-        net.channels_last = True
-        opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+        step = recipe_network(arch, device)
+        opt = torch.optim.AdamW(step.parameters(), lr=1e-4)
         x = torch.randn(batch, 6, plan.image_size, plan.image_size, device=device)
         y = torch.randint(1139, (batch,), device=device)
+        lines = torch.randint(len(CELL_LINES), (batch,), device=device)
         for _ in range(2):
             with torch.autocast("cuda", dtype=torch.bfloat16):
-                loss = torch.nn.functional.cross_entropy(net.logits(net(x).float(), y), y)
+                _, loss = step(x, y, lines)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -242,7 +258,7 @@ def peak_memory(arch: str, plan: Plan, device, table: Table) -> None:
         total = torch.cuda.get_device_properties(device).total_memory / 2**30
         table.add("memory", f"{arch} train step, batch {batch}, {plan.image_size} px", f"{peak:.1f} GiB",
                   f"of {total:.0f} GiB")
-        del net, opt, x, y, loss
+        del step, opt, x, y, loss
 
 
 # ---------------------------------------------------------------------------------------------- project
