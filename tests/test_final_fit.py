@@ -80,4 +80,5 @@ def test_final_fit_command_runs_held_out_then_final_with_its_temperature(project
     for run, final in zip(runs, ("False", "True")):
         assert run.info.status == "FINISHED"
         assert run.data.params["shared_training.final_fit"] == final
+        assert run.data.tags["runner"] == "SequentialRunner"
         assert run.data.params["HEPG2.training.final_fit"] == final

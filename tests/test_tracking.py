@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from rxrx1_pipeline.hooks import TrackRun, tracked_metrics
+from rxrx1_pipeline.hooks import TrackRun, runner_name, tracked_metrics
 
 
 def _history() -> pd.DataFrame:
@@ -24,6 +24,12 @@ def test_history_becomes_one_curve_per_column_with_epochs_as_steps():
     assert metrics["RPE.loss"] == [(1, 3.0), (2, 2.0), (3, 1.5)]
     assert metrics["RPE.valid_site_accuracy"] == [(3, 0.4)]  # epochs without validation are skipped
     assert set(metrics) == {"RPE.loss", "RPE.valid_site_accuracy"}
+
+
+def test_the_shared_models_curves_are_tracked_and_the_runner_tag_is_readable():
+    assert set(tracked_metrics("shared_history", _history())) == {"shared.loss", "shared.valid_site_accuracy"}
+    assert runner_name("<kedro.runner.sequential_runner.SequentialRunner object at 0x7f3a>") == "SequentialRunner"
+    assert runner_name("ThreadRunner") == "ThreadRunner"
 
 
 def test_stage_table_gives_cell_line_and_overall_metrics_only():

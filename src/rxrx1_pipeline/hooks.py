@@ -50,6 +50,14 @@ class TrackRun:
         self._catalog = catalog
 
     @hook_impl
+    def before_pipeline_run(self, run_params: dict) -> None:
+        """The run's ``runner`` tag as the runner's class name (Kedro hands hooks the runner object's repr)."""
+        import mlflow
+
+        if mlflow.active_run() is not None:
+            mlflow.set_tag("runner", runner_name(str(run_params.get("runner", ""))))
+
+    @hook_impl
     def before_node_run(self, node, inputs: dict) -> None:
         """Each parameter block Kedro built as a model is logged one setting per MLflow param, e.g.
         ``HEPG2.training.lr`` (kedro-mlflow flattens plain dicts only)."""
@@ -107,3 +115,9 @@ def flatten(values: dict, prefix: str) -> dict[str, str]:
         else:
             flat[f"{prefix}.{key}"] = str(value)
     return flat
+
+
+def runner_name(runner: str) -> str:
+    """``<kedro.runner.sequential_runner.SequentialRunner object at 0x...>`` as ``SequentialRunner``."""
+    match = re.search(r"([A-Za-z_]\w*) object at 0x", runner)
+    return match.group(1) if match else runner
