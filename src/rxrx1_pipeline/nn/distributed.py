@@ -31,6 +31,16 @@ def processes(setting: int | str) -> int:
     return int(setting)
 
 
+def run_training(job: TrainJob) -> tuple[dict, list[dict], pd.DataFrame | None]:
+    """Train ``job`` in this process, or on ``training.distributed`` DDP processes; returns (model checkpoint,
+    history rows, pseudo-labels or None)."""
+    spread = job.training.distributed
+    nproc = processes(spread.nproc_per_node)
+    if nproc == 1 and spread.nnodes == 1:
+        return fit(job)
+    return train(job, nproc, spread.nnodes, spread.rdzv_endpoint)
+
+
 def train(job: TrainJob, nproc: int, nnodes: int = 1, rdzv_endpoint: str | None = None
           ) -> tuple[dict, list[dict], pd.DataFrame]:
     """Run ``fit(job)`` on ``nproc`` local processes (``nnodes`` machines meeting at ``rdzv_endpoint``)

@@ -1,5 +1,5 @@
-"""The training of one model (a cell line's, or the shared one): its identity, the choice between this
-process and N DDP processes, and the loop each process runs."""
+"""The training of one model (a cell line's, or the shared one): the job, its identity, and the loop each
+training process runs (``nn.distributed.run_training`` chooses this process or N DDP processes)."""
 
 from __future__ import annotations
 
@@ -46,18 +46,6 @@ class TrainJob:
         """The fingerprint of this run: the checkpoint of another run is never resumed."""
         return run_fingerprint(self.settings, self.fit["id_code"].tolist(), self.fit["class_index"].tolist(),
                                self.n_classes, self.store.job, self.start)
-
-
-def train(job: TrainJob) -> tuple[dict, list[dict], pd.DataFrame | None]:
-    """Train ``job`` in this process, or on ``training.distributed`` DDP processes; returns (model checkpoint,
-    history rows, pseudo-labels or None)."""
-    from rxrx1_pipeline.nn import distributed
-
-    spread = job.training.distributed
-    nproc = distributed.processes(spread.nproc_per_node)
-    if nproc == 1 and spread.nnodes == 1:
-        return fit(job)
-    return distributed.train(job, nproc, spread.nnodes, spread.rdzv_endpoint)
 
 
 class TrainStep(torch.nn.Module):

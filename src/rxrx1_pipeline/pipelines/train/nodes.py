@@ -127,7 +127,8 @@ def train_model(model_sites: pd.DataFrame, site_images: ImageStore, plate_stats:
     """
     from rxrx1_pipeline.nn.identity import NETWORK, model_settings
     from rxrx1_pipeline.nn.pseudo import PseudoLabeller, no_pseudo_labels
-    from rxrx1_pipeline.nn.training import TrainJob, train
+    from rxrx1_pipeline.nn.distributed import run_training
+    from rxrx1_pipeline.nn.training import TrainJob
 
     fit_sites = sites_to_fit(model_sites, training.controls, training.final_fit)
     if training.final_fit:
@@ -156,7 +157,7 @@ def train_model(model_sites: pd.DataFrame, site_images: ImageStore, plate_stats:
     job = TrainJob(label=cell_line, training=training, settings=settings, fit=fit_sites,
                    valid=sites_to_validate(model_sites), store=site_images, plate_stats=plate_stats,
                    n_classes=len(classes), checkpoints=checkpoints, initial=initial, pseudo=pseudo, start=start)
-    model, history, labelled = train(job)
+    model, history, labelled = run_training(job)
     return model, pd.DataFrame(history), no_pseudo_labels() if labelled is None else labelled
 
 
@@ -173,7 +174,8 @@ def train_shared_model(classes: pd.DataFrame, checkpoints: CheckpointStore, trai
     """
     from rxrx1_pipeline.nn.identity import model_settings
     from rxrx1_pipeline.nn.pseudo import PseudoLabeller
-    from rxrx1_pipeline.nn.training import TrainJob, train
+    from rxrx1_pipeline.nn.distributed import run_training
+    from rxrx1_pipeline.nn.training import TrainJob
 
     if training.epochs == 0:
         log.info("shared model: not trained (shared_training.epochs is 0)")
@@ -202,7 +204,7 @@ def train_shared_model(classes: pd.DataFrame, checkpoints: CheckpointStore, trai
                    fit=pd.concat(fits, ignore_index=True), valid=pd.concat(valids, ignore_index=True), store=store,
                    plate_stats=pd.concat(stats, ignore_index=True), n_classes=len(classes), checkpoints=checkpoints,
                    pseudo=pseudo)
-    model, history, _ = train(job)
+    model, history, _ = run_training(job)
     return model, pd.DataFrame(history)
 
 
