@@ -265,30 +265,27 @@ def peak_memory(arch: str, plan: Plan, device, table: Table) -> None:
 
 
 def tiny_project(dst: Path, image_size: int, epochs: int) -> Path:
-    """A copy of the project (conf, src, pyproject) shrunk to a tiny synthetic preset, with an empty data tree:
-    ``epochs`` for the shared model and each cell line's fine-tuning, one TTA view."""
-    shutil.copytree(ROOT, dst, ignore=shutil.ignore_patterns(
-        "data", ".git", ".venv", "__pycache__", "*.egg-info", ".viz", "build", "tests", "notebooks", "benchmarks",
-        "mlflow.db", "mlruns"))
-    for sub in ("01_raw", "02_intermediate"):
-        (dst / "data" / sub).mkdir(parents=True)
-    conf = dst / "conf" / "base"
+    """The project's tiny synthetic run (``rxrx1_pipeline.tiny_project``) copied to ``dst``, at ``image_size`` px
+    with ``epochs`` for the shared model and each cell line, and one TTA view."""
+    from rxrx1_pipeline.tiny_project import copy_project, shrink_project
+
+    project = copy_project(dst)
+    shrink_project(project)
+    conf = project / "conf" / "base"
     synthetic = yaml.safe_load((conf / "parameters_synthetic.yml").read_text())
-    synthetic["synthetic"].update({"image_size": image_size, "experiments": {"train": 3, "test": 1},
-                                   "sirnas_per_group": 4, "positive_controls": 1, "missing_well_rate": 0.05})
+    synthetic["synthetic"]["image_size"] = image_size
     (conf / "parameters_synthetic.yml").write_text(yaml.safe_dump(synthetic))
-    tiny = {"image_size": image_size, "embedding_dim": 16, "epochs": epochs, "batch_size": 32, "validate_every": 0}
     train = yaml.safe_load((conf / "parameters_train.yml").read_text())
     for key, block in train.items():
-        if key == "shared_training":
-            block.update(tiny if block["epochs"] else {})
-        elif not key.startswith("_"):
-            block["training"] = {**block["training"], **tiny}
+        if key == "shared_training" and block["epochs"]:
+            block.update(image_size=image_size, epochs=epochs)
+        elif key in CELL_LINES:
+            block["training"].update(image_size=image_size, epochs=epochs)
     (conf / "parameters_train.yml").write_text(yaml.safe_dump(train))
     inference = yaml.safe_load((conf / "parameters_inference.yml").read_text())
     inference["inference"]["tta"] = 1
     (conf / "parameters_inference.yml").write_text(yaml.safe_dump(inference))
-    return dst
+    return project
 
 
 def kedro_run(project: Path, table: Table) -> None:
@@ -343,13 +340,18 @@ def ddp_check(project: Path, epochs: int, table: Table) -> None:
         return plain_fit(job, *args, **kwargs)
 
     checkpoints = CheckpointStoreDataset(filepath=str(project / "ddp_check" / "plain.pt")).load()
-    training_module.fit = recording_fit
+    callers = [m for m in (training_module, distributed) if getattr(m, "fit", None) is plain_fit]
+    for module in callers:  # wherever the train node reaches fit from
+        module.fit = recording_fit
     try:
         start = time.perf_counter()
         _, plain_history, _ = train_model(*inputs, classes, checkpoints, "HEPG2", training)
         plain_seconds = time.perf_counter() - start
     finally:
-        training_module.fit = plain_fit
+        for module in callers:
+            module.fit = plain_fit
+    if len(jobs) != 1:
+        raise RuntimeError(f"DDP check: the train node ran fit {len(jobs)} times in this process, expected once")
     launched = dataclasses.replace(jobs[0], checkpoints=CheckpointStoreDataset(
         filepath=str(project / "ddp_check" / "launched.pt")).load())
     start = time.perf_counter()
@@ -501,6 +503,9 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if cuda else "CPU"
     table = Table()
     table.add("machine", name, f"{os.cpu_count()} cores", f"torch {torch.__version__}" + (", smoke" if args.smoke else ""))
+    if Path("/dev/shm").is_dir():  # loader workers hand batches over in shared memory: 16 x 2 x 32 sites = 1.6 GB at 512 px
+        table.add("machine", "/dev/shm free", f"{shutil.disk_usage('/dev/shm').free / 2**30:.1f} GiB",
+                  "loader workers pass batches through it (~50 MB per 512 px batch of 32, 2 in flight per worker)")
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         tmp = Path(tmp)
         loader = check_pixels(plan, tmp, table)
