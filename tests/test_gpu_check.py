@@ -11,7 +11,7 @@ def test_gpu_check_smoke_prints_every_row_of_the_table(tmp_path):
     out = tmp_path / "table.md"
     env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"}
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--smoke", "--out", str(out)],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     rows = [line.split(" | ") for line in out.read_text().splitlines()[2:]]
     table = {(r[0].lstrip("| "), r[1]): (r[2], r[3].rstrip(" |")) for r in rows}
