@@ -52,7 +52,7 @@ def test_png_source_reads_the_same_pixels_and_moments_as_the_store_without_a_pix
         np.testing.assert_array_equal(png.read(row), read_site(root, prefix, SIZE))
     np.testing.assert_allclose(png.moments, store.moments)
     # the identity training fingerprints differs only in where the pixels come from
-    assert {k: v for k, v in png.job.items() if store.job[k] != v} == {"pixels": "png"}
+    assert {k: v for k, v in png.manifest.items() if store.manifest[k] != v} == {"pixels": "png"}
     with pytest.raises(StoreError, match="PNG source"):
         png.images
 
@@ -66,7 +66,7 @@ def test_centre_crop_store_holds_the_full_resolution_centre(png_tree, tmp_path):
         expected = read_site(root, prefix)[:, offset:offset + SIZE, offset:offset + SIZE]
         np.testing.assert_array_equal(crop.read(row), expected)
         np.testing.assert_array_equal(png_crop.read(row), expected)
-    assert crop.job["fit"] == "crop" and crop.job["image_size"] == SIZE
+    assert crop.manifest["fit"] == "crop" and crop.manifest["image_size"] == SIZE
 
 
 def test_a_crop_larger_than_the_images_is_refused_naming_the_site(png_tree, tmp_path):

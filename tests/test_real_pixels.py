@@ -164,7 +164,7 @@ def test_png_source_reads_the_real_store_pixels(real_root, ingested, tmp_path):
         dataset.save(decode_sites(model_sites, PngSites(real_root), typed(decode_sites, "training", training),
                                   ImageSource(source=source)))
         stores[source] = dataset.load()
-    assert isinstance(stores["png"], PngStore) and stores["png"].job["pixels"] == "png"
+    assert isinstance(stores["png"], PngStore) and stores["png"].manifest["pixels"] == "png"
     for row in range(len(model_sites)):
         np.testing.assert_array_equal(stores["png"].read(row), stores["store"].read(row))
     np.testing.assert_array_equal(stores["png"].moments, stores["store"].moments)

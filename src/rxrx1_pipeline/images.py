@@ -225,8 +225,8 @@ class ImageStore:
             partial = (" (an interrupted build is staged; re-run decode_sites to finish it)"
                        if staging_path(self.path).is_dir() else "")
             raise StoreError(f"no complete image store at {self.path}{partial}")
-        self.job = json.loads(manifest.read_text())
-        self.image_size = int(self.job["image_size"])
+        self.manifest = json.loads(manifest.read_text())
+        self.image_size = int(self.manifest["image_size"])
         self._images = None
 
     def __getstate__(self) -> dict:
@@ -243,7 +243,7 @@ class ImageStore:
         return np.load(self.path / MOMENTS)
 
     def __len__(self) -> int:
-        return int(self.job["sites"])
+        return int(self.manifest["sites"])
 
     def read(self, row: int) -> np.ndarray:
         return self.images[row]
@@ -259,9 +259,9 @@ class PngStore(ImageStore):
 
     def __init__(self, path: Path):
         super().__init__(path)
-        if self.job.get("pixels") != "png":
+        if self.manifest.get("pixels") != "png":
             raise StoreError(f"{self.path} holds decoded pixels, not a PNG source; open it with open_store")
-        self.source, self.fit = PngSites(Path(self.job["source"])), self.job["fit"]
+        self.source, self.fit = PngSites(Path(self.manifest["source"])), self.manifest["fit"]
         self.prefixes = json.loads((self.path / PREFIXES).read_text())
 
     @property
@@ -276,7 +276,7 @@ def open_store(path: Path) -> ImageStore:
     """The store at ``path``: an :class:`ImageStore` of decoded pixels, or a :class:`PngStore` that decodes
     the PNGs on every read, as its manifest says."""
     store = ImageStore(path)
-    return PngStore(path) if store.job.get("pixels") == "png" else store
+    return PngStore(path) if store.manifest.get("pixels") == "png" else store
 
 
 def _manifest(folder: Path) -> dict | None:
@@ -441,7 +441,7 @@ class StoreChain:
                              "training.image_size for every cell line of a shared model")
         self.stores, self.image_size = list(stores), sizes.pop()
         self.offsets = np.cumsum([0] + [len(s) for s in stores])
-        self.job = [s.job for s in stores]
+        self.manifest = [s.manifest for s in stores]
 
     def __len__(self) -> int:
         return int(self.offsets[-1])

@@ -45,7 +45,7 @@ class TrainJob:
     def run_id(self) -> str:
         """The fingerprint of this run: the checkpoint of another run is never resumed."""
         return run_fingerprint(self.settings, self.fit["id_code"].tolist(), self.fit["class_index"].tolist(),
-                               self.n_classes, self.store.job, self.start)
+                               self.n_classes, self.store.manifest, self.start)
 
 
 class TrainStep(torch.nn.Module):

@@ -113,7 +113,7 @@ class FailingStore:
 
     def __init__(self, store, limit: int):
         self.store, self.limit, self.reads = store, limit, 0
-        self.job, self.image_size = store.job, store.image_size
+        self.manifest, self.image_size = store.manifest, store.image_size
 
     def read(self, row):
         self.reads += 1

@@ -129,7 +129,7 @@ def test_changed_labels_or_pixels_retrain(prepared, tiny_training, tmp_path, cap
     assert "training from scratch" in caplog.text and "reusing" not in caplog.text
 
     class OtherPixels:  # same rows, another source folder or file fingerprint
-        job = {**images.job, "files_sha1": "0" * 40}
+        manifest = {**images.manifest, "files_sha1": "0" * 40}
         image_size = images.image_size
         read = images.read
 
