@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 
@@ -76,8 +77,9 @@ def run_epoch(step, norm, opt, sched, data, plates: torch.Tensor, views: torch.G
     loss); with ``world`` > 1 it is the DDP-wrapped model. ``plates`` and ``lines`` (cell line per site, or
     None) are indexed by dataset position. ``training.augment`` adds zooms (before normalisation), random
     resized crops, intensity jitter and mixup / CutMix (:mod:`rxrx1_pipeline.nn.augment`). The weights take
-    a step every ``training.accumulate_steps`` batches (and after the last), on the mean of their gradients;
-    the schedule advances every batch.
+    a step every ``training.accumulate_steps`` batches (and after the last), on the mean of their gradients
+    (DDP all-reduces them then only); the schedule counts batches, so the rate of a step is that of its
+    group's first batch.
 
     Returns mean loss and site accuracy over all ranks. A non-finite loss on any rank stops every rank
     (FloatingPointError) before the weights take that step.
@@ -92,6 +94,7 @@ def run_epoch(step, norm, opt, sched, data, plates: torch.Tensor, views: torch.G
     totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, seen
     bar = tqdm(data, desc=desc, unit="batch", leave=False, mininterval=1, disable=True if rank else None)
     opt.zero_grad(set_to_none=True)
+    pending = 0  # batches whose gradients wait for the next step
     for batch, (images, idx, labels) in enumerate(bar, start=1):
         x = random_dihedral(images, views_of_step(views, len(images), rank, world)).to(dev, non_blocking=True)
         x = norm(zoom(x.float(), augment.zoom_min_edge, views), plates[idx])
@@ -100,22 +103,29 @@ def run_epoch(step, norm, opt, sched, data, plates: torch.Tensor, views: torch.G
         x, partner, lam = mix(x, augment.mixup, augment.cutmix, views)
         labels = labels.to(dev)
         line = None if lines is None else lines[idx].to(dev)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda" and training.mixed_precision):
-            logits, loss = step(x, labels, line, partner, lam)
-        value = loss.item()
-        finite = math.isfinite(value)
-        if world > 1:  # every rank must stop together, or the others would wait in the all-reduce forever
-            flag = torch.tensor([float(finite)], device=dev)  # on the device: NCCL reduces only CUDA tensors
-            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-            finite = bool(flag.item())
-        if not finite:
-            became = value if not math.isfinite(value) else "non-finite on another rank"
-            raise FloatingPointError(f"{desc}: the loss became {became} at batch {batch} of {len(data)}")
-        (loss / accumulate if accumulate > 1 else loss).backward()
-        if batch % accumulate == 0 or batch == len(data):
+        stepping = batch % accumulate == 0 or batch == len(data)
+        # DDP all-reduces the gradients only on the batch the weights step on
+        sync = step.no_sync() if world > 1 and not stepping else contextlib.nullcontext()
+        with sync:
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda" and training.mixed_precision):
+                logits, loss = step(x, labels, line, partner, lam)
+            value = loss.item()
+            finite = math.isfinite(value)
+            if world > 1:  # every rank must stop together, or the others would wait in the all-reduce forever
+                flag = torch.tensor([float(finite)], device=dev)  # on the device: NCCL reduces only CUDA tensors
+                dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+                finite = bool(flag.item())
+            if not finite:
+                became = value if not math.isfinite(value) else "non-finite on another rank"
+                raise FloatingPointError(f"{desc}: the loss became {became} at batch {batch} of {len(data)}")
+            (loss / accumulate if accumulate > 1 else loss).backward()
+        pending += 1
+        if stepping:
             opt.step()
             opt.zero_grad(set_to_none=True)
-        sched.step()
+            for _ in range(pending):  # the schedule counts batches: one step per batch since the last
+                sched.step()
+            pending = 0
         totals += torch.tensor([value * len(labels), (logits.argmax(1) == labels).sum().item(), len(labels)],
                                dtype=torch.float64)
         bar.set_postfix(loss=f"{totals[0] / totals[2]:.3f}", acc=f"{totals[1] / totals[2]:.3f}")

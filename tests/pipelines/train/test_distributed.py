@@ -49,7 +49,7 @@ class LinearStep(torch.nn.Module):
         return logits, torch.nn.functional.cross_entropy(logits, labels)
 
 
-def _three_epochs(rank: int = 0, world: int = 1):
+def _three_epochs(rank: int = 0, world: int = 1, accumulate: int = 1):
     from rxrx1_pipeline.nn.data import fit_loader
     from rxrx1_pipeline.nn.loops import run_epoch
 
@@ -63,27 +63,28 @@ def _three_epochs(rank: int = 0, world: int = 1):
         data.batch_sampler.set_epoch(epoch)
         views = torch.Generator().manual_seed(epoch)
         curve.append(run_epoch(model, lambda x, p: x.float() / 255, opt, sched, data, torch.zeros(40, dtype=torch.long),
-                               views, "test", TINY_TRAINING, rank, world))
+                               views, "test", changed(TINY_TRAINING, {"accumulate_steps": accumulate}), rank, world))
     return curve, {k: v.clone() for k, v in step.state_dict().items()}
 
 
-def _ddp_worker():
+def _ddp_worker(accumulate: int):
     import torch.distributed as dist
 
     dist.init_process_group("gloo")
     try:
-        return _three_epochs(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]))
+        return _three_epochs(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), accumulate)
     finally:
         dist.destroy_process_group()
 
 
-def test_ddp_loop_equals_one_process_without_batchnorm():
+@pytest.mark.parametrize("accumulate", [1, 2], ids=["every batch", "2 batches accumulated (no_sync)"])
+def test_ddp_loop_equals_one_process_without_batchnorm(accumulate):
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=2, run_id="loop-test", rdzv_backend="c10d",
-                          rdzv_endpoint="localhost:0", max_restarts=0, start_method="spawn")
-    ranks = elastic_launch(config, _ddp_worker)()
-    curve, weights = _three_epochs()
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=2, run_id=f"loop-test-{accumulate}",
+                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, start_method="spawn")
+    ranks = elastic_launch(config, _ddp_worker)(accumulate)
+    curve, weights = _three_epochs(accumulate=accumulate)
     for rank in (0, 1):
         np.testing.assert_allclose(ranks[rank][0], curve, rtol=1e-5)  # (loss, accuracy) of every epoch
         for key, value in weights.items():
