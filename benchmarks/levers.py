@@ -94,7 +94,7 @@ def pseudo_label_errors(catalog, truth):
 
     from rxrx1_pipeline.plates import CELL_LINES
 
-    names = [f"{cl}.pseudo_labels" for cl in CELL_LINES]
+    names = ["shared_pseudo_labels", *(f"{cl}.pseudo_labels" for cl in CELL_LINES)]
     labels = pd.concat([catalog.load(name) for name in names if catalog.exists(name)], ignore_index=True)
     if labels.empty:
         return labels

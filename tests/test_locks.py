@@ -150,3 +150,20 @@ def test_single_file_dataset_writes_a_unique_temporary_and_removes_it_on_failure
     dataset.save("new")
     assert names[0] != names[1] and all(n.startswith(f".model.pt.{os.getpid()}.") for n in names)
     assert dataset.load() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+
+
+def test_runs_on_several_machines_share_the_output_root():
+    from kedro.pipeline import Node, Pipeline
+
+    from rxrx1_pipeline.locks import several_machines
+    from tests.pipelines.conftest import TINY_TRAINING, changed
+
+    pipe = Pipeline([Node(lambda training: 1, "params:HEPG2.training", "x", name="train")])
+
+    class Catalog(dict):
+        def load(self, name):
+            return self[name]
+
+    two = changed(TINY_TRAINING, {"distributed": {"nnodes": 2, "rdzv_endpoint": "10.0.0.1:29400"}})
+    assert not several_machines(Catalog({"params:HEPG2.training": TINY_TRAINING}), pipe)
+    assert several_machines(Catalog({"params:HEPG2.training": two}), pipe)

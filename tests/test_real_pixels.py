@@ -134,7 +134,7 @@ def test_real_sites_end_to_end_at_512_px(real_root, ingested, tmp_path):
     assert total == 16  # site 1 of B02 on the 16 train plates
 
     checkpoints = CheckpointStoreDataset(filepath=str(tmp_path / "shared" / "last_epoch.pt")).load()
-    model, history = train_shared_model(classes, checkpoints, typed(train_shared_model, "training", training),
+    model, history, _ = train_shared_model(classes, checkpoints, typed(train_shared_model, "training", training),
                                         None, None, *per_line)
     assert list(history["epoch"]) == [1, 2] and np.isfinite(history["loss"]).all()
 

@@ -13,8 +13,8 @@ from rxrx1_pipeline.schema import check_across_blocks
 
 class ValidateParameters:
     """What Kedro's own check of each parameter block (the node's type hint: a model of ``schema.py``) cannot
-    see, before any node runs: the rules across blocks, and timm's ImageNet weights for every model set to
-    start from them (fetched into timm's cache now, or the run stops naming the settings to change).
+    see, before any node runs: the rules across blocks, and timm's ImageNet weights for every model trained
+    from them (fetched into timm's cache now, or the run stops naming the settings to change).
 
     It runs before the other hooks (``tryfirst``), so a refused run leaves no open MLflow run behind.
     """
@@ -24,10 +24,12 @@ class ValidateParameters:
         names = sorted(name.removeprefix("params:") for name in pipeline.datasets() if name.startswith("params:"))
         check_across_blocks(catalog.load("parameters"), {name.split(".")[0] for name in names})
         for name in names:
-            if name.endswith("training") and catalog.load(f"params:{name}").pretrained == "imagenet":
+            training = catalog.load(f"params:{name}") if name.endswith("training") else None
+            # a model fine-tuned from the shared one starts from the shared model's weights, not timm's
+            if training is not None and training.pretrained == "imagenet" and training.init == "scratch":
                 from rxrx1_pipeline.nn.network import fetch_imagenet_weights
 
-                fetch_imagenet_weights(catalog.load(f"params:{name}").arch, name)
+                fetch_imagenet_weights(training.arch, name)
 
 
 # Catalog entries whose files are attached to the MLflow run once they are written.

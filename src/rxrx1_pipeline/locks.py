@@ -195,6 +195,10 @@ class OneRunPerOutputRoot:
     @hook_impl(tryfirst=True)
     def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
         self._release()  # a previous run of this process that ended without the after-run hooks
+        if pipeline is not None and several_machines(catalog, pipeline):
+            log.warning("training on several machines (distributed.nnodes > 1): every machine runs this pipeline "
+                        "on the shared output root, so it is not locked to one run")
+            return
         try:
             for root in self._roots:
                 self._locks.append(FileLock(root / RUN_LOCK, f"output root {root}").acquire())
@@ -215,3 +219,10 @@ class OneRunPerOutputRoot:
         while self._locks:
             self._locks.pop().release()
         atexit.unregister(self._release)
+
+
+def several_machines(catalog, pipeline) -> bool:
+    """Whether a training block of ``pipeline`` runs on several machines: each runs the same `kedro run` on
+    the shared output root (README: "More than one GPU"), which a lock would refuse."""
+    names = [name for name in pipeline.datasets() if name.startswith("params:") and name.endswith("training")]
+    return any(catalog.load(name).distributed.nnodes > 1 for name in names)

@@ -180,3 +180,15 @@ def test_an_offline_run_with_imagenet_weights_stops_before_any_node(project_copy
     assert result.returncode != 0
     assert "shared_training.pretrained = 'imagenet'" in result.stderr and "pretrained_weights" in result.stderr
     assert not any(p.is_file() for p in (project_copy / "data").rglob("*") if p.name != ".gitkeep")
+
+
+def test_a_model_saved_before_the_recipe_settings_still_loads():
+    from rxrx1_pipeline.nn.checkpoints import load_model, model_checkpoint
+
+    settings = model_settings(TINY_TRAINING)
+    net = build_network(settings, 5)
+    old = {k: v for k, v in settings.items() if k not in ("neck", "line_input", "arcface_weight", "batchnorm_momentum",
+                                                          "pretrained", "optimizer", "lr_cycles")}
+    loaded = load_model(model_checkpoint(net, old, 5), torch.device("cpu"))
+    for key, value in net.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from rxrx1_pipeline.nn.identity import with_defaults
 from rxrx1_pipeline.nn.network import EmbeddingNet, build_network
 
 
@@ -16,6 +17,6 @@ def model_checkpoint(net: EmbeddingNet, settings: dict, n_classes: int, run_id: 
 
 def load_model(checkpoint: dict, device: torch.device) -> EmbeddingNet:
     """Rebuild the network of a :func:`model_checkpoint` from its own settings, in eval mode."""
-    net = build_network(checkpoint["settings"], checkpoint["n_classes"], pretrained=False).to(device)
+    net = build_network(with_defaults(checkpoint["settings"]), checkpoint["n_classes"], pretrained=False).to(device)
     net.load_state_dict(checkpoint["state_dict"])
     return net.eval()

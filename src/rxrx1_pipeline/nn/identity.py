@@ -23,6 +23,14 @@ def model_settings(training: Training) -> dict[str, Any]:
     return training.model_dump(exclude=set(RUNTIME_ONLY))
 
 
+def with_defaults(settings: dict) -> dict:
+    """A saved model's settings with every setting it predates at the schema's default (the value it was
+    trained with), so models saved before a setting existed still load."""
+    defaults = {name: field.get_default(call_default_factory=True) for name, field in Training.model_fields.items()
+                if not field.is_required()}
+    return {**{k: v.model_dump() if hasattr(v, "model_dump") else v for k, v in defaults.items()}, **settings}
+
+
 def fingerprint(obj) -> str:
     """Short stable hash of a JSON-able object (training settings and data)."""
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -81,7 +81,8 @@ def fit(job: TrainJob, rank: int = 0, world: int = 1, dev: torch.device | None =
     epochs, batch, workers, seed = training.epochs, training.batch_size, training.num_workers, training.seed
     by_plate = training.batches == "per_plate"
     dev = dev or loops.device(training.device)
-    net = loops.seeded_network(lambda: build_network(job.settings, job.n_classes), seed).to(dev)
+    net = loops.seeded_network(lambda: build_network(job.settings, job.n_classes, pretrained=job.initial is None),
+                               seed).to(dev)
     if job.initial is not None:
         net.load_state_dict(job.initial)
     norm = normaliser_from_stats(training.normalization, job.plate_stats)

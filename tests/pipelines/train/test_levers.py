@@ -66,8 +66,9 @@ def test_mixup_and_cutmix_blend_each_site_with_its_partner():
 def test_the_shared_model_learns_every_line_and_fine_tunes_per_line(prepared, tiny_training, tmp_path):
     classes, model_sites, images, stats = prepared
     other = model_sites.assign(cell_line="HUVEC")  # a second cell line: the same sites under another name
-    shared, history = train_shared_model(classes, CheckpointStore(tmp_path / "s.pt"), tiny_training, None, None,
-                                         model_sites, images, stats, other, images, stats)
+    shared, history, labels = train_shared_model(classes, CheckpointStore(tmp_path / "s.pt"), tiny_training, None,
+                                                 None, model_sites, images, stats, other, images, stats)
+    assert labels.empty
     assert shared["settings"]["cell_lines"] == ["HEPG2", "HUVEC"] and list(history["epoch"]) == [1, 2]
     lines = shared["state_dict"]["line_embedding.weight"]
     assert lines.shape[0] == 2 and not torch.equal(lines[0], lines[1])  # each line has learned its own input
@@ -86,7 +87,7 @@ def test_the_shared_model_learns_every_line_and_fine_tunes_per_line(prepared, ti
     with pytest.raises(ValueError, match="no shared model was trained"):
         train_model(model_sites, images, stats, classes, CheckpointStore(tmp_path / "c.pt"), "HEPG2",
                     changed(tiny_training, {"init": "shared"}), {})
-    off, off_history = train_shared_model(classes, CheckpointStore(tmp_path / "o.pt"),
+    off, off_history, _ = train_shared_model(classes, CheckpointStore(tmp_path / "o.pt"),
                                           changed(tiny_training, {"epochs": 0}, SharedTraining), None, None,
                                           model_sites, images, stats)
     assert off == {} and off_history.empty
@@ -165,3 +166,20 @@ def test_pseudo_labelling_trains_on_valid_and_test_wells_and_resumes_with_its_la
     pd.testing.assert_frame_equal(resumed_labels, labels)
     for key, value in model["state_dict"].items():
         torch.testing.assert_close(resumed["state_dict"][key], value, msg=key)
+
+
+def test_the_shared_model_pseudo_labels_the_wells_of_every_line(prepared, tiny_training, tiny_data, tmp_path):
+    classes, model_sites, images, stats = prepared
+    _, wells, _, _ = tiny_data
+    groups = discover_sirna_groups(wells)
+    layouts = tabulate_plate_layouts(assign_train_plate_groups(wells, groups))
+    other = model_sites.assign(cell_line="HUVEC", experiment=model_sites["experiment"].str.replace("HEPG2", "HUVEC"),
+                               id_code=model_sites["id_code"].str.replace("HEPG2", "HUVEC"))
+    training = changed(tiny_training, {"epochs": 3, "pseudo_labels": {"start_epoch": 2, "initial_share": 0.2,
+                                                                      "final_share": 0.6}}, SharedTraining)
+    _, history, labels = train_shared_model(classes, CheckpointStore(tmp_path / "s.pt"), training, groups, layouts,
+                                            model_sites, images, stats, other, images, stats)
+    candidates = model_sites[model_sites["role"].isin(["valid", "test"]) & (model_sites["well_type"] == "treatment")]
+    n = 2 * candidates["id_code"].nunique()  # both lines' wells
+    assert list(history["pseudo_labels"]) == [0, round((0.2 + 0.4 * 0.5) * n), round(0.6 * n)]
+    assert labels["id_code"].is_unique and set(labels["id_code"].str[:5]) == {"HEPG2", "HUVEC"}

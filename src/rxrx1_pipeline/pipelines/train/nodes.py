@@ -125,9 +125,9 @@ def train_model(model_sites: pd.DataFrame, site_images: ImageStore, plate_stats:
     Returns the trained model (settings + weights), the per-epoch history and the pseudo-labels
     (id_code, class_index, sirna, epoch added).
     """
+    from rxrx1_pipeline.nn.distributed import run_training
     from rxrx1_pipeline.nn.identity import NETWORK, model_settings
     from rxrx1_pipeline.nn.pseudo import PseudoLabeller, no_pseudo_labels
-    from rxrx1_pipeline.nn.distributed import run_training
     from rxrx1_pipeline.nn.training import TrainJob
 
     fit_sites = sites_to_fit(model_sites, training.controls, training.final_fit)
@@ -163,23 +163,23 @@ def train_model(model_sites: pd.DataFrame, site_images: ImageStore, plate_stats:
 
 def train_shared_model(classes: pd.DataFrame, checkpoints: CheckpointStore, training: SharedTraining,
                        sirna_groups: pd.DataFrame, plate_layouts: pd.DataFrame, *per_line: pd.DataFrame | ImageStore
-                       ) -> tuple[dict, pd.DataFrame]:
+                       ) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     """One model over every cell line, with the cell line as an input (``per_line``: each line's model_sites,
     site_images and plate_stats in turn). Each line's held-out experiments stay held out; ``training``
     (``shared_training``) sets the recipe; ``epochs`` 0 trains nothing (returns an empty model). With
     ``pseudo_labels.start_epoch`` > 0 the validation and test wells of every line are pseudo-labelled
     (:func:`candidate_sites`).
 
-    Returns the model and its per-epoch history.
+    Returns the model, its per-epoch history and its pseudo-labels (id_code, class_index, sirna, epoch added).
     """
-    from rxrx1_pipeline.nn.identity import model_settings
-    from rxrx1_pipeline.nn.pseudo import PseudoLabeller
     from rxrx1_pipeline.nn.distributed import run_training
+    from rxrx1_pipeline.nn.identity import model_settings
+    from rxrx1_pipeline.nn.pseudo import PseudoLabeller, no_pseudo_labels
     from rxrx1_pipeline.nn.training import TrainJob
 
     if training.epochs == 0:
         log.info("shared model: not trained (shared_training.epochs is 0)")
-        return {}, no_history()
+        return {}, no_history(), no_pseudo_labels()
     if training.final_fit:
         log.warning("shared model: final fit: the validation experiments are trained on too, so the figures of "
                     "every model fine-tuned from it are no longer a validation")
@@ -204,8 +204,8 @@ def train_shared_model(classes: pd.DataFrame, checkpoints: CheckpointStore, trai
                    fit=pd.concat(fits, ignore_index=True), valid=pd.concat(valids, ignore_index=True), store=store,
                    plate_stats=pd.concat(stats, ignore_index=True), n_classes=len(classes), checkpoints=checkpoints,
                    pseudo=pseudo)
-    model, history, _ = run_training(job)
-    return model, pd.DataFrame(history)
+    model, history, labelled = run_training(job)
+    return model, pd.DataFrame(history), no_pseudo_labels() if labelled is None else labelled
 
 
 def candidate_sites(model_sites: pd.DataFrame, fit_sites: pd.DataFrame) -> pd.DataFrame:

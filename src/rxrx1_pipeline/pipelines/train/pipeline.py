@@ -55,7 +55,7 @@ def create_training_pipeline() -> Pipeline:
                                   "plate_layouts",
                                   *[f"{cl}.{name}" for cl in CELL_LINES
                                     for name in ("model_sites", "site_images", "plate_stats")]],
-             ["shared_model", "shared_history"], name="train_shared_model"),
+             ["shared_model", "shared_history", "shared_pseudo_labels"], name="train_shared_model"),
     ])
     per_line_models = per_line(create_training_template(), {"classes", "shared_model", "sirna_groups", "plate_layouts"})
     return per_line_models + shared
