@@ -255,7 +255,7 @@ class ImageStore:
 class PngStore(ImageStore):
     """A store without pixels (``images.source: png``): ``read(row)`` decodes the row's six PNGs, at the
     store's size and fit, in the calling process (a DataLoader worker); ``moments``, ``len``, ``image_size``
-    and ``job`` (its identity) as for :class:`ImageStore`."""
+    and ``manifest`` (its identity) as for :class:`ImageStore`."""
 
     def __init__(self, path: Path):
         super().__init__(path)

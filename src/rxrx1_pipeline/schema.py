@@ -5,7 +5,7 @@ Kedro builds each node's ``params:`` argument from its YAML block with the model
 A bad block fails with :class:`ParameterError` listing each bad key with its value and what is allowed.
 Rules that span blocks (a fine-tuned cell line needs a trained shared model...) live in
 :func:`check_across_blocks`, which ``hooks.ValidateParameters`` runs when a run starts;
-:func:`validate_parameters` checks a whole parameters mapping (tests, ``final_fit``).
+:func:`validate_parameters` checks a whole parameters mapping (the tests check the shipped conf with it).
 """
 
 from __future__ import annotations

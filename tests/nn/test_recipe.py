@@ -126,7 +126,7 @@ def _one_epoch(batch: int, accumulate: int) -> torch.Tensor:
     return step.linear.weight.detach().clone()
 
 
-def test_two_accumulated_batches_take_the_step_of_one_twice_as_large():
+def test_two_accumulated_batches_of_8_step_as_one_batch_of_16():
     torch.testing.assert_close(_one_epoch(8, 2), _one_epoch(16, 1))
     assert not torch.allclose(_one_epoch(8, 1), _one_epoch(16, 1))
 
