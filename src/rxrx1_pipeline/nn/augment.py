@@ -26,10 +26,7 @@ def resized_crop(x: torch.Tensor, min_area: float, generator: torch.Generator) -
     height = (area / log_ratio.exp()).sqrt().clamp(max=1)
     centre_x = (1 - width) * (torch.rand(n, generator=generator) * 2 - 1)
     centre_y = (1 - height) * (torch.rand(n, generator=generator) * 2 - 1)
-    theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = width, centre_x, height, centre_y
-    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    return _resample_box(x, width, height, centre_x, centre_y, "bilinear", "reflection")
 
 
 def zoom(x: torch.Tensor, min_edge: float, generator: torch.Generator) -> torch.Tensor:
@@ -41,10 +38,17 @@ def zoom(x: torch.Tensor, min_edge: float, generator: torch.Generator) -> torch.
     edge = min_edge + (1 - min_edge) * torch.rand(n, generator=generator)
     centre_x = (1 - edge) * (torch.rand(n, generator=generator) * 2 - 1)
     centre_y = (1 - edge) * (torch.rand(n, generator=generator) * 2 - 1)
-    theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = edge, centre_x, edge, centre_y
+    return _resample_box(x, edge, edge, centre_x, centre_y, "nearest", "border")
+
+
+def _resample_box(x: torch.Tensor, width: torch.Tensor, height: torch.Tensor, centre_x: torch.Tensor,
+                  centre_y: torch.Tensor, mode: str, padding: str) -> torch.Tensor:
+    """Each image's box (width, height and centre as shares of the image, in [-1, 1] coordinates) resampled to
+    the full image size."""
+    theta = torch.zeros(len(x), 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = width, centre_x, height, centre_y
     grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="nearest", padding_mode="border", align_corners=False)
+    return F.grid_sample(x, grid, mode=mode, padding_mode=padding, align_corners=False)
 
 
 def jitter_intensity(x: torch.Tensor, gain_std: float, bias_std: float, generator: torch.Generator) -> torch.Tensor:
