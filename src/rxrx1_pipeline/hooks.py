@@ -46,6 +46,7 @@ class TrackRun:
 
     def __init__(self) -> None:
         self._catalog = None
+        self._logged_blocks: set[str] = set()
 
     @hook_impl
     def after_catalog_created(self, catalog) -> None:
@@ -56,21 +57,23 @@ class TrackRun:
         """The run's ``runner`` tag as the runner's class name (Kedro hands hooks the runner object's repr)."""
         import mlflow
 
+        self._logged_blocks = set()
         if mlflow.active_run() is not None:
             mlflow.set_tag("runner", runner_name(str(run_params.get("runner", ""))))
 
     @hook_impl
     def before_node_run(self, node, inputs: dict) -> None:
         """Each parameter block Kedro built as a model is logged one setting per MLflow param, e.g.
-        ``HEPG2.training.lr`` (kedro-mlflow flattens plain dicts only)."""
+        ``HEPG2.training.lr`` (kedro-mlflow flattens plain dicts only), once per run however many nodes read it."""
         import mlflow
         from pydantic import BaseModel
 
         if mlflow.active_run() is None:
             return
         for name, value in inputs.items():
-            if name.startswith("params:") and isinstance(value, BaseModel):
+            if name.startswith("params:") and isinstance(value, BaseModel) and name not in self._logged_blocks:
                 mlflow.log_params(flatten(value.model_dump(mode="json"), name.removeprefix("params:")))
+                self._logged_blocks.add(name)
 
     @hook_impl
     def after_dataset_saved(self, dataset_name: str, data) -> None:
