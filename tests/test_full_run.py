@@ -1,6 +1,14 @@
 """End to end through the CLI on a tiny synthetic dataset: `synthetic`, then `full`, then `postprocess` alone;
 then the exploration notebook executed headless on those outputs."""
 
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +61,7 @@ def test_synthetic_then_full_then_postprocess(project_copy: Path):
     assert again.returncode == 0, again.stderr[-3000:]
     pd.testing.assert_frame_equal(pd.read_csv(data / "08_reporting/submission.csv"), submission)
     _check_tracking(project_copy, metrics, histories=2)
+    _check_scoring_model(project_copy)
 
     notebook = _execute_notebook(project_copy)
     text = "".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code" for o in c.outputs)
@@ -80,6 +89,80 @@ def _check_tracking(project: Path, metrics: pd.DataFrame, histories: int) -> Non
     files = {Path(a.path).name for a in client.list_artifacts(full.info.run_id)}
     assert {"submission.csv", "report.html", "training_curves.json"} <= files
     assert not {m for m in runs[1].data.metrics if m.endswith(".loss")}  # postprocess alone trains nothing
+
+
+# Loads the scoring model the `full` run logged, in a fresh process outside any Kedro session, and scores the
+# test experiments of the synthetic folder (Kaggle layout) with it.
+SCORE_TEST_EXPERIMENTS = """
+import sys, mlflow
+from rxrx1_pipeline.scoring import experiment_sites
+model = mlflow.pyfunc.load_model(sys.argv[1])
+model.predict(experiment_sites("data/01_raw/synthetic", split="test")).to_parquet("scored_wells.parquet")
+"""
+
+
+def _check_scoring_model(project: Path) -> None:
+    """The `full` run's MLflow model reproduces the run's own test outputs exactly, loaded in a fresh process and
+    served by `mlflow models serve`."""
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    run = client.search_runs([client.get_experiment_by_name("synthetic").experiment_id],
+                             filter_string="attributes.run_name = 'full'")[0]
+    uri = f"runs:/{run.info.run_id}/scoring_model"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    loaded = subprocess.run([sys.executable, "-c", SCORE_TEST_EXPERIMENTS, uri], cwd=project, env=env,
+                            capture_output=True, text=True, timeout=180)
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    scored = pd.read_parquet(project / "scored_wells.parquet").set_index("id_code")
+    out = project / "data/07_model_output"
+    predictions = pd.read_parquet(out / "test_predictions.parquet").set_index("id_code")
+    assert sorted(scored.index) == sorted(predictions.index)
+    scored = scored.loc[predictions.index]
+    for mine, theirs in (("sirna", "sirna_assigned"), ("sirna_masked", "sirna_masked"),
+                         ("sirna_argmax", "sirna_argmax"), ("score", "score")):
+        np.testing.assert_array_equal(scored[mine].to_numpy(), predictions[theirs].to_numpy())
+    logits = pd.read_parquet(out / "test_logits.parquet").set_index("id_code")
+    np.testing.assert_array_equal(scored.loc[logits.index, "logit_" + logits.columns].to_numpy(), logits.to_numpy())
+    embeddings = pd.read_parquet(out / "test_embeddings.parquet").set_index("id_code")
+    np.testing.assert_array_equal(scored.loc[embeddings.index, embeddings.columns].to_numpy(), embeddings.to_numpy())
+    layouts = pd.read_parquet(out / "test_plate_groups.parquet").set_index("experiment")
+    posterior = [c for c in layouts.columns if c.startswith("posterior_")]
+    per_experiment = scored.groupby("experiment")[["layout", "layout_confidence", *posterior]].first()
+    np.testing.assert_array_equal(per_experiment.loc[layouts.index, posterior].to_numpy(), layouts[posterior].to_numpy())
+    assert list(per_experiment.loc[layouts.index, "layout"]) == list(layouts["layout"])
+    _check_served(project, uri, env, scored)
+
+
+def _check_served(project: Path, uri: str, env: dict, scored: pd.DataFrame) -> None:
+    """`mlflow models serve` (local environment) answers one request with the same siRNA calls."""
+    from rxrx1_pipeline.scoring import experiment_sites
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", uri,
+                               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)], cwd=project, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, "mlflow models serve exited"
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "mlflow models serve did not answer /ping within 120 s"
+                time.sleep(1)
+        sites = experiment_sites((project / "data/01_raw/synthetic").resolve(), split="test")
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", headers={"Content-Type": "application/json"},
+                                         data=json.dumps({"dataframe_split": sites.to_dict(orient="split")}).encode())
+        served = pd.DataFrame(json.loads(urllib.request.urlopen(request, timeout=120).read())["predictions"])
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    assert served.set_index("id_code").loc[scored.index, "sirna"].tolist() == scored["sirna"].tolist()
 
 
 def _execute_notebook(project: Path):

@@ -87,11 +87,17 @@ class SiteImagesDataset(AbstractDataset[dict, PngSites]):
 
 
 class _FileDataset(AbstractDataset):
-    """A dataset stored in one local file, written atomically (temp file, then rename)."""
+    """A dataset stored in one local file, written atomically (temp file, then rename). The file is
+    ``_filepath``, the attribute kedro-datasets use: the catalog's atomic saves and kedro-mlflow's model
+    artefacts (``pipelines/score``) find it there."""
 
     def __init__(self, *, filepath: str, metadata: dict | None = None):
-        self._path = Path(filepath)
+        self._filepath = Path(filepath)
         self.metadata = metadata
+
+    @property
+    def _path(self) -> Path:
+        return Path(self._filepath)  # others may set it to a PurePosixPath
 
     def _write(self, write: Callable[[Path], None]) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
@@ -263,6 +269,9 @@ class LogitMembersDataset(AbstractDataset):
 
     def save(self, data) -> None:
         raise DatasetError(f"{self._path}: ensemble members are copied in by hand, not written by a run")
+
+    def _exists(self) -> bool:
+        return True  # an absent folder loads too: no members
 
     def _describe(self) -> dict:
         return {"path": str(self._path)}

@@ -402,13 +402,34 @@ def _decode_chunk(task) -> int:
         image = read_fitted(source, prefix, size, fit)
         if images is not None:
             images[start + i] = image
-        x = image.astype(np.float64)
-        moments[start + i, 0] = x.mean(axis=(1, 2))
-        moments[start + i, 1] = (x**2).mean(axis=(1, 2))
+        moments[start + i] = site_moments(image)
     if images is not None:
         images.flush()
     moments.flush()
     return len(prefixes)
+
+
+def site_moments(image: np.ndarray) -> np.ndarray:
+    """One (6, S, S) site's per-channel pixel mean and mean of squares, (2, 6) float64: what plate statistics
+    are summed from."""
+    x = image.astype(np.float64)
+    return np.stack([x.mean(axis=(1, 2)), (x**2).mean(axis=(1, 2))])
+
+
+class MemoryStore:
+    """Sites read once into memory, with the reading interface of :class:`ImageStore` (``read(row)``,
+    ``moments``, ``image_size``, ``len``): the scoring model's images of a new experiment."""
+
+    def __init__(self, images: np.ndarray):
+        self.images = images
+        self.image_size = int(images.shape[-1])
+        self.moments = np.stack([site_moments(image) for image in images]) if len(images) else np.zeros((0, 2, N_CHANNELS))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def read(self, row: int) -> np.ndarray:
+        return self.images[row]
 
 
 def _save_atomic(file: Path, array: np.ndarray) -> None:

@@ -3,6 +3,7 @@
 import warnings
 
 from kedro.pipeline import Pipeline
+from kedro_mlflow.pipeline import pipeline_ml_factory
 
 from rxrx1_pipeline.pipelines import (
     inference,
@@ -10,9 +11,15 @@ from rxrx1_pipeline.pipelines import (
     plate_groups,
     postprocess,
     report,
+    score,
     synthetic,
     train,
 )
+
+# The MLflow model a `full` run logs (kedro-mlflow): the scoring pipeline bound to the run's models and artefacts.
+# Its parameters are the project's typed settings, which an MLflow signature cannot describe, so none is logged;
+# `pip_requirements` names the project, whose pinned environment (constraints.txt) loads it.
+SCORING_MODEL = {"name": "scoring_model", "signature": None, "pip_requirements": ["rxrx1-pipeline"]}
 
 # Cross-namespace nodes read e.g. "HUVEC.test_logits"; kedro warns once per process about the dot.
 warnings.filterwarnings("ignore", message="One or more dataset names contain", category=UserWarning)
@@ -43,6 +50,10 @@ def register_pipelines() -> dict[str, Pipeline]:
         ("postprocess", pipes["postprocess"]),
         ("report", pipes["report"]),
     )), start=Pipeline([]))
+    # A run of `full` (whole: a filtered run must still produce every input of the scoring pipeline) ends by
+    # logging the scoring pipeline with this run's models and fitted artefacts as an MLflow model.
+    full = pipeline_ml_factory(training=full, inference=score.create_pipeline(), input_name=score.INPUT,
+                               log_model_kwargs=SCORING_MODEL)
     # kedro viz files a node shared by several pipelines under the namespace of the first one listed here.
     return {"__default__": full, "full": full, **pipes}
 

@@ -1,5 +1,7 @@
 """Kedro project settings."""
 
+import logging
+import os
 import warnings
 
 from kedro.config import OmegaConfigLoader
@@ -11,10 +13,15 @@ from rxrx1_pipeline.tracking import CheckTrackingStore, MarkInterruptedRuns, Tra
 
 # kedro-mlflow's pipeline model has no type hints on `predict`, and mlflow says so (in raw ANSI colours) when the
 # plugin defines it, i.e. on every kedro command. mlflow forces its own filter on that warning, so the plugin's
-# model is defined here, once, with the warnings of that import recorded instead of shown. The project logs no
-# such model; every other warning is shown as usual.
+# model is defined here, once, with the warnings of that import recorded instead of shown. Every other warning
+# is shown as usual.
 with warnings.catch_warnings(record=True):
     import kedro_mlflow.mlflow  # noqa: F401
+# When `full` logs the scoring model (pipelines/score), mlflow notes that a pickled Python model runs code when
+# loaded (true of every pickle; the README says to load only models of runs one trusts) and draws a progress bar
+# per file it copies: the run's log keeps neither.
+logging.getLogger("mlflow.pyfunc").addFilter(lambda record: "serialized using CloudPickle" not in record.getMessage())
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 # kedro-viz 12.5 builds its API on a FastAPI response class that FastAPI now deprecates (kedro viz only).
 warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
 

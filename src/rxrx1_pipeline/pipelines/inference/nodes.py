@@ -27,42 +27,62 @@ def predict_wells(model: dict, model_sites: pd.DataFrame, site_images: ImageStor
     mean or the sum of its sites' (a well with one site left then weighs half). Logits keep only the treatment
     classes, one float32 column per siRNA id: the cached-logits contract of post-processing.
     """
-    from rxrx1_pipeline.nn.checkpoints import load_model
-    from rxrx1_pipeline.nn.loops import adapt_batchnorm, class_logits, device, embed_sites
-    from rxrx1_pipeline.nn.network import normaliser_from_stats
+    scorer = WellScorer(model, site_images, plate_stats, classes, cell_line, inference)
+    treatment = model_sites["well_type"] == "treatment"
+    valid_logits, valid_emb = scorer.score(model_sites, model_sites[(model_sites["role"] == "valid") & treatment])
+    test_logits, test_emb = scorer.score(model_sites, model_sites[(model_sites["role"] == "test") & treatment])
+    for role, logits in (("valid", valid_logits), ("test", test_logits)):
+        log.info("%s: %s logits for %d wells from %d sites", cell_line, role, len(logits),
+                 int(((model_sites["role"] == role) & treatment).sum()))
+    return valid_logits, test_logits, valid_emb, test_emb
 
-    settings = model["settings"]
-    if site_images.image_size != settings["image_size"]:
-        raise ValueError(f"{cell_line}: the model was trained on {settings['image_size']} px images but the "
-                         f"image store holds {site_images.image_size} px; re-run the train pipeline")
-    net = load_model(model, device())
-    norm = normaliser_from_stats(settings["normalization"], plate_stats)
-    treatment = classes[classes["well_type"] == "treatment"].sort_values("sirna")
-    columns = treatment["sirna"].astype(str).tolist()
-    outputs = []
-    batch, workers, tta = inference.batch_size, inference.num_workers, inference.tta
-    for role in ("valid", "test"):
-        sites = model_sites[(model_sites["role"] == role) & (model_sites["well_type"] == "treatment")]
+
+class WellScorer:
+    """One cell line's trained model over one image store: per-well logits and embeddings of chosen sites.
+
+    Shared by the pipeline's inference and the scoring model (``pipelines/score``), so a new experiment is
+    scored exactly as the run's own test experiments were."""
+
+    def __init__(self, model: dict, site_images: ImageStore, plate_stats: pd.DataFrame, classes: pd.DataFrame,
+                 cell_line: str, inference: Inference):
+        from rxrx1_pipeline.nn.checkpoints import load_model
+        from rxrx1_pipeline.nn.loops import device
+        from rxrx1_pipeline.nn.network import normaliser_from_stats
+
+        self.settings = model["settings"]
+        if site_images.image_size != self.settings["image_size"]:
+            raise ValueError(f"{cell_line}: the model was trained on {self.settings['image_size']} px images but "
+                             f"the image store holds {site_images.image_size} px; re-run the train pipeline")
+        self.net = load_model(model, device())
+        self.norm = normaliser_from_stats(self.settings["normalization"], plate_stats)
+        self.store, self.inference = site_images, inference
+        treatment = classes[classes["well_type"] == "treatment"].sort_values("sirna")
+        self.class_index = treatment["class_index"].to_numpy()
+        self.columns = treatment["sirna"].astype(str).tolist()
+
+    def score(self, all_sites: pd.DataFrame, sites: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """(logits, embeddings) per well of ``sites``; ``all_sites`` holds every site of their plates (what
+        ``batchnorm: per_plate`` re-estimates the statistics on)."""
+        from rxrx1_pipeline.nn.loops import adapt_batchnorm, class_logits, embed_sites
+
+        net, norm, inference = self.net, self.norm, self.inference
+        batch, workers, tta = inference.batch_size, inference.num_workers, inference.tta
         if inference.batchnorm == "per_plate":
             trained = {k: v.clone() for k, v in net.state_dict().items()}
             plate_of = sites["plate_index"].to_numpy()
-            emb = np.empty((len(sites), settings["embedding_dim"]), np.float32)
+            emb = np.empty((len(sites), self.settings["embedding_dim"]), np.float32)
             for plate in np.unique(plate_of):
                 rows = np.flatnonzero(plate_of == plate)
-                adapt_batchnorm(net, norm, site_images, model_sites[model_sites["plate_index"] == plate], batch,
-                                workers)
-                emb[rows] = embed_sites(net, norm, site_images, sites.iloc[rows], batch, workers, tta)
+                adapt_batchnorm(net, norm, self.store, all_sites[all_sites["plate_index"] == plate], batch, workers)
+                emb[rows] = embed_sites(net, norm, self.store, sites.iloc[rows], batch, workers, tta)
             net.load_state_dict(trained)
         else:
-            emb = embed_sites(net, norm, site_images, sites, batch, workers, tta)
+            emb = embed_sites(net, norm, self.store, sites, batch, workers, tta)
         if inference.plate_centring:
             emb = centre_plates(emb, sites["plate_index"].to_numpy())
-        logits = class_logits(net, emb)[:, treatment["class_index"].to_numpy()]
-        outputs.append(per_well(sites["id_code"], logits, columns, inference.sites))
-        outputs.append(per_well(sites["id_code"], emb, [f"e{i}" for i in range(emb.shape[1])]))
-        log.info("%s: %s logits for %d wells from %d sites", cell_line, role, outputs[-1].shape[0], len(sites))
-    valid_logits, valid_emb, test_logits, test_emb = outputs
-    return valid_logits, test_logits, valid_emb, test_emb
+        logits = class_logits(net, emb)[:, self.class_index]
+        return (per_well(sites["id_code"], logits, self.columns, inference.sites),
+                per_well(sites["id_code"], emb, [f"e{i}" for i in range(emb.shape[1])]))
 
 
 def centre_plates(embeddings: np.ndarray, plates: np.ndarray) -> np.ndarray:

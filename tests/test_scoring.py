@@ -1,0 +1,92 @@
+"""The scoring model's input (rxrx1_pipeline.scoring) and the scoring nodes on their own; the round trip
+through MLflow of a trained run is in test_full_run."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rxrx1_pipeline.images import MemoryStore, read_site, site_moments, write_site
+from rxrx1_pipeline.pipelines.score.nodes import prepare_new_sites, score_cell_line
+from rxrx1_pipeline.scoring import ScoringInputError, check_new_sites, experiment_sites
+
+
+def _sites(**changes) -> pd.DataFrame:
+    table = pd.DataFrame({"experiment": ["HUVEC-17"] * 4, "plate": [1, 1, 2, 2], "well": ["B02", "B02", "C05", "C05"],
+                          "site": [1, 2, 1, 2], "image_prefix": [f"x/{i}" for i in range(4)]})
+    for column, (row, value) in changes.items():
+        table[column] = table[column].astype(object)
+        table.loc[row, column] = value
+    return table
+
+
+def test_a_valid_table_gets_cell_line_id_code_and_treatment_default():
+    sites = check_new_sites(_sites().iloc[::-1])
+    assert list(sites["id_code"]) == ["HUVEC-17_1_B02"] * 2 + ["HUVEC-17_2_C05"] * 2
+    assert list(sites["site"]) == [1, 2, 1, 2] and set(sites["cell_line"]) == {"HUVEC"}
+    assert set(sites["well_type"]) == {"treatment"}
+    _, wells = prepare_new_sites(_sites())
+    assert len(wells) == 2 and wells["sirna"].isna().all() and list(wells.columns[:3]) == ["id_code", "experiment",
+                                                                                          "cell_line"]
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    (_sites().drop(columns="image_prefix"), "lacks column(s) image_prefix"),
+    (_sites(plate=(2, 7)), "row 2 (HUVEC-17 plate 7 C05 site 1): plate 7 is not one of [1, 2, 3, 4]"),
+    (_sites(site=(1, 3)), "row 1 (HUVEC-17 plate 1 B02 site 3): site 3 is not one of [1, 2]"),
+    (_sites(well=(0, "A01")), "row 0 (HUVEC-17 plate 1 A01 site 1): well 'A01' outside B02-O23"),
+    (_sites(experiment=(3, "MCF7-01")), "row 3 (MCF7-01 plate 2 C05 site 2): cell line 'MCF7' has no model"),
+    (_sites(experiment=(0, "HUVEC17")), "experiment 'HUVEC17' is not CELLLINE-NN"),
+    (_sites(site=(1, 1)), "row 1 (HUVEC-17 plate 1 B02 site 1): this site is listed twice"),
+    (_sites().assign(well_type="negative_control"), "no treatment site: there is nothing to score"),
+    (_sites().assign(well_type=["treatment", "negative_control", "treatment", "treatment"]),
+     "row 0 (HUVEC-17 plate 1 B02 site 1): the sites of this well disagree on its well_type"),
+    (_sites().assign(well_type=["treatment", "treatment", "blank", "blank"]),
+     "row 2 (HUVEC-17 plate 2 C05 site 1): well_type 'blank' is not one of"),
+    ({"experiment": "HUVEC-17"}, "takes a table (pandas DataFrame) of sites, got dict"),
+])
+def test_bad_input_is_refused_naming_the_row_and_problem(table, message):
+    with pytest.raises(ScoringInputError) as error:
+        check_new_sites(table)
+    assert message in str(error.value)
+
+
+def test_experiment_sites_reads_a_kaggle_folder(tmp_path: Path):
+    pd.DataFrame({"id_code": ["U2OS-05_1_B02"], "experiment": ["U2OS-05"], "plate": [1], "well": ["B02"]}).to_csv(
+        tmp_path / "test.csv", index=False)
+    pd.DataFrame({"id_code": ["U2OS-05_1_B03", "RPE-01_1_B03"], "experiment": ["U2OS-05", "RPE-01"], "plate": [1, 1],
+                  "well": ["B03", "B03"], "sirna": [1108, 1108], "well_type": ["negative_control"] * 2}).to_csv(
+        tmp_path / "test_controls.csv", index=False)
+    sites = experiment_sites(tmp_path, experiments=["U2OS-05"])
+    assert sorted(zip(sites["well"], sites["site"], sites["well_type"])) == [
+        ("B02", 1, "treatment"), ("B02", 2, "treatment"), ("B03", 1, "negative_control"), ("B03", 2, "negative_control")]
+    assert str(tmp_path / "test/U2OS-05/Plate1/B02_s2") in set(sites["image_prefix"])
+    with pytest.raises(ScoringInputError, match="experiment.s. HEPG2-01 are not in"):
+        experiment_sites(tmp_path, experiments=["HEPG2-01"])
+    with pytest.raises(ScoringInputError, match="no train.csv in"):
+        experiment_sites(tmp_path, split="train")
+
+
+def test_memory_store_moments_are_the_image_store_ones():
+    images = np.random.default_rng(0).integers(0, 256, (3, 6, 8, 8), dtype=np.uint8)
+    store = MemoryStore(images)
+    assert len(store) == 3 and store.image_size == 8
+    np.testing.assert_array_equal(store.read(1), images[1])
+    np.testing.assert_array_equal(store.moments[2], site_moments(images[2]))
+    np.testing.assert_allclose(store.moments[0, 0], images[0].reshape(6, -1).mean(1))
+
+
+def test_a_missing_image_is_named(tmp_path: Path):
+    image = np.full((6, 8, 8), 7, np.uint8)
+    write_site(tmp_path, "a/B02_s1", image)
+    np.testing.assert_array_equal(read_site(tmp_path, "a/B02_s1"), image)
+    sites, _ = prepare_new_sites(_sites().assign(image_prefix=str(tmp_path / "a/B02_s1")).iloc[:1].assign(
+        image_prefix=[str(tmp_path / "b/B02_s1")]))
+    model = {"settings": {"image_size": 8}}
+    from rxrx1_pipeline.schema import ImageSource
+
+    with pytest.raises(OSError, match=f"cannot read image {tmp_path / 'b/B02_s1_w1.png'}"):
+        score_cell_line(model, sites, pd.DataFrame(), "HUVEC", None, ImageSource())
+    no_sites = score_cell_line(model, sites, pd.DataFrame(), "RPE", None, ImageSource())
+    assert all(t.empty for t in no_sites)
