@@ -248,6 +248,21 @@ def _mark_failed(run_id: str | None) -> str:
         return f"{run_id} could not be marked FAILED either ({type(exc).__name__}: {exc})"
 
 
+def end_worker_machine_run(node_rank: int, nnodes: int) -> None:
+    """End this process's MLflow run, FINISHED, tagged as a worker machine's (training on several machines): the
+    model, its metrics and the outputs are in the run of the machine holding rank 0."""
+    try:
+        import mlflow
+
+        if mlflow.active_run() is None:
+            return
+        mlflow.set_tags({"node_rank": str(node_rank), "machine": f"worker {node_rank} of {nnodes}: no outputs or "
+                         "training metrics here; they are in the run of the machine holding rank 0"})
+        mlflow.end_run("FINISHED")
+    except Exception as exc:  # tracking never fails a run
+        log.error("Could not mark the MLflow run as a worker machine's: %s: %s", type(exc).__name__, exc)
+
+
 class MarkInterruptedRuns:
     """SIGTERM, SIGHUP and Ctrl-C during a run end its MLflow run as KILLED (instead of RUNNING forever, or
     FINISHED by MLflow's exit handler). The signal unwinds the run as an exception (temporary files are removed

@@ -41,13 +41,25 @@ def run_training(job: TrainJob) -> tuple[dict, list[dict], pd.DataFrame | None]:
     return train(job, nproc, spread.nnodes, spread.rdzv_endpoint)
 
 
+class WorkerMachineDone(SystemExit):
+    """This machine trained as a worker of a training on several machines: the machine holding rank 0 writes
+    the model, the checkpoints and every output, so this machine's `kedro run` stops here, successfully."""
+
+    def __init__(self, label: str, node_rank: int, nnodes: int):
+        super().__init__(0)
+        self.label, self.node_rank, self.nnodes = label, node_rank, nnodes
+
+
 def train(job: TrainJob, nproc: int, nnodes: int = 1, rdzv_endpoint: str | None = None
           ) -> tuple[dict, list[dict], pd.DataFrame]:
     """Run ``fit(job)`` on ``nproc`` local processes (``nnodes`` machines meeting at ``rdzv_endpoint``)
-    and return rank 0's (model checkpoint, history, pseudo-labels).
+    and return rank 0's (model checkpoint, history, pseudo-labels). On a machine without rank 0, raise
+    :class:`WorkerMachineDone` once the training is over.
 
-    A failure in any worker stops all of them and is raised here with the worker's own message.
+    A failure in any worker stops all of them and is raised here with the worker's own message; a machine
+    that leaves mid-training is named as the lost peer.
     """
+    from torch.distributed.elastic.rendezvous.api import RendezvousError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     config = LaunchConfig(min_nodes=nnodes, max_nodes=nnodes, nproc_per_node=nproc,
@@ -61,12 +73,30 @@ def train(job: TrainJob, nproc: int, nnodes: int = 1, rdzv_endpoint: str | None 
     except ChildFailedError as exc:
         first = min(exc.failures.items())[1]
         message = first.message if isinstance(first.message, str) else first.message.get("message", "")
-        raise RuntimeError(f"{job.label}: DDP training failed on rank {first.local_rank}: "
-                           f"{message.strip().splitlines()[-1] if message else exc}") from None
-    mine = results.get(0)  # keyed by global rank: only the first node holds rank 0
-    if mine is None:
-        raise RuntimeError(f"{job.label}: this node holds no rank 0; its outputs come from the first node")
-    return mine
+        last = message.strip().splitlines()[-1] if message else str(exc)
+        raise RuntimeError(f"{job.label}: DDP training failed on rank {first.local_rank}: {last}"
+                           f"{lost_peer(last, nnodes, rdzv_endpoint)}") from None
+    except RendezvousError as exc:  # the machine hosting the rendezvous store (rdzv_endpoint) left, or none came
+        raise RuntimeError(f"{job.label}: the {nnodes}-machine training lost its rendezvous at {rdzv_endpoint} "
+                           f"({type(exc).__name__}: {exc}): the machine at {rdzv_endpoint} left (or a machine never "
+                           "joined); start `kedro run` again on every machine: training resumes from the last "
+                           "checkpoint") from None
+    if 0 not in results:  # keyed by global rank: one machine holds rank 0
+        node = min(results) // nproc
+        log.info("%s: this machine trained as node %d of %d (ranks %s); the machine holding rank 0 writes the "
+                 "model, the checkpoints and the outputs, so this run stops here", job.label, node, nnodes,
+                 ", ".join(map(str, sorted(results))))
+        raise WorkerMachineDone(job.label, node, nnodes)
+    return results[0]
+
+
+def lost_peer(message: str, nnodes: int, rdzv_endpoint: str | None) -> str:
+    """What to add to a worker's failure message when it means another machine left the training."""
+    gone = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "closed by remote peer")
+    if nnodes == 1 or not any(text in message for text in gone):
+        return ""
+    return (f" (a peer of this {nnodes}-machine training, meeting at {rdzv_endpoint}, was lost; start `kedro run` "
+            "again on every machine: training resumes from the last checkpoint)")
 
 
 @record
@@ -79,8 +109,10 @@ def _worker(job: TrainJob) -> tuple[dict, list[dict], pd.DataFrame] | None:
     dev = torch.device(f"cuda:{local}") if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(dev)
-    else:  # the node's cores shared between its workers, not each worker using all of them
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["LOCAL_WORLD_SIZE"])))
+    else:  # OMP_NUM_THREADS when set; else the machine's cores shared between its workers
+        threads = os.environ.get("OMP_NUM_THREADS")
+        torch.set_num_threads(int(threads) if threads else max(1, (os.cpu_count() or 1)
+                                                                 // int(os.environ["LOCAL_WORLD_SIZE"])))
     dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world)
     try:
         result = fit(job, rank, world, dev)

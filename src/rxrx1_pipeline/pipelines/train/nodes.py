@@ -125,7 +125,6 @@ def train_model(model_sites: pd.DataFrame, site_images: ImageStore, plate_stats:
     Returns the trained model (settings + weights), the per-epoch history and the pseudo-labels
     (id_code, class_index, sirna, epoch added).
     """
-    from rxrx1_pipeline.nn.distributed import run_training
     from rxrx1_pipeline.nn.identity import NETWORK, model_settings
     from rxrx1_pipeline.nn.pseudo import PseudoLabeller, no_pseudo_labels
     from rxrx1_pipeline.nn.training import TrainJob
@@ -157,7 +156,7 @@ def train_model(model_sites: pd.DataFrame, site_images: ImageStore, plate_stats:
     job = TrainJob(label=cell_line, training=training, settings=settings, fit=fit_sites,
                    valid=sites_to_validate(model_sites), store=site_images, plate_stats=plate_stats,
                    n_classes=len(classes), checkpoints=checkpoints, initial=initial, pseudo=pseudo, start=start)
-    model, history, labelled = run_training(job)
+    model, history, labelled = _run_training(job)
     return model, pd.DataFrame(history), no_pseudo_labels() if labelled is None else labelled
 
 
@@ -172,7 +171,6 @@ def train_shared_model(classes: pd.DataFrame, checkpoints: CheckpointStore, trai
 
     Returns the model, its per-epoch history and its pseudo-labels (id_code, class_index, sirna, epoch added).
     """
-    from rxrx1_pipeline.nn.distributed import run_training
     from rxrx1_pipeline.nn.identity import model_settings
     from rxrx1_pipeline.nn.pseudo import PseudoLabeller, no_pseudo_labels
     from rxrx1_pipeline.nn.training import TrainJob
@@ -204,8 +202,22 @@ def train_shared_model(classes: pd.DataFrame, checkpoints: CheckpointStore, trai
                    fit=pd.concat(fits, ignore_index=True), valid=pd.concat(valids, ignore_index=True), store=store,
                    plate_stats=pd.concat(stats, ignore_index=True), n_classes=len(classes), checkpoints=checkpoints,
                    pseudo=pseudo)
-    model, history, labelled = run_training(job)
+    model, history, labelled = _run_training(job)
     return model, pd.DataFrame(history), no_pseudo_labels() if labelled is None else labelled
+
+
+def _run_training(job):
+    """``nn.distributed.run_training``; on a worker machine of a training on several machines, its MLflow run is
+    marked as such before this `kedro run` stops."""
+    from rxrx1_pipeline.nn.distributed import WorkerMachineDone, run_training
+
+    try:
+        return run_training(job)
+    except WorkerMachineDone as done:
+        from rxrx1_pipeline.tracking import end_worker_machine_run
+
+        end_worker_machine_run(done.node_rank, done.nnodes)
+        raise
 
 
 def candidate_sites(model_sites: pd.DataFrame, fit_sites: pd.DataFrame) -> pd.DataFrame:
