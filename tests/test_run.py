@@ -45,11 +45,11 @@ def test_raw_images_come_from_the_catalog_only():
     assert readers == decoders | {"report.build_report"}
 
 
-def test_full_reads_as_six_stages_of_the_same_nodes():
+def test_full_reads_as_seven_stages_of_the_same_nodes():
     pipelines, _ = _pipelines_and_catalog()
     full = pipelines["full"]
-    assert {n.namespace.split(".")[0] for n in full.nodes} == {"ingest", "plate_groups", "model_input", "model",
-                                                                 "postprocess", "report"}
+    assert {n.namespace.split(".")[0] for n in full.nodes} == {"ingest", "plate_groups", "model_input", "train",
+                                                                 "inference", "postprocess", "report"}
     parts = ("ingest", "plate_groups", "train", "inference", "postprocess", "report")
     assert full.datasets() == set().union(*(pipelines[p].datasets() for p in parts))  # names unchanged
     assert sorted(n.func.__name__ for n in full.nodes) == sorted(n.func.__name__ for p in parts

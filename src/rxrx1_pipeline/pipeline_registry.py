@@ -46,7 +46,8 @@ def register_pipelines() -> dict[str, Pipeline]:
         ("ingest", pipes["ingest"]),
         ("plate_groups", pipes["plate_groups"]),
         ("model_input", train.create_inputs_pipeline()),
-        ("model", train.create_training_pipeline() + pipes["inference"]),
+        ("train", train.create_training_pipeline()),
+        ("inference", pipes["inference"]),
         ("postprocess", pipes["postprocess"]),
         ("report", pipes["report"]),
     )), start=Pipeline([]))
@@ -61,8 +62,8 @@ def register_pipelines() -> dict[str, Pipeline]:
 def stage(name: str, pipe: Pipeline) -> Pipeline:
     """``pipe`` grouped under the namespace ``name``, dataset names unchanged.
 
-    kedro viz draws each namespace as one collapsed box, so the ``full`` DAG reads as six stages; the
-    per-cell-line namespaces nest inside ``model_input`` and ``model`` (node names like
-    ``model.HUVEC.train_model``).
+    kedro viz draws each namespace as one collapsed box, so the ``full`` DAG reads as seven stages; the
+    per-cell-line namespaces nest inside ``model_input``, ``train`` and ``inference`` (node names like
+    ``train.HUVEC.train_model``).
     """
     return Pipeline(pipe, namespace=name, prefix_datasets_with_namespace=False)
