@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import minimize_scalar
 
 from rxrx1_pipeline.kernels import (
     LogitsError,
@@ -164,6 +163,8 @@ def fit_temperature(valid_logits: pd.DataFrame, wells: pd.DataFrame, sirna_group
         return within_group_nll(blocks, log_t)
 
     lo, hi = np.log(params.temperature_bounds[0]), np.log(params.temperature_bounds[1])
+    from scipy.optimize import minimize_scalar  # imported when used: see kernels.assign_plate
+
     fit = minimize_scalar(nll, bounds=(lo, hi), method="bounded", options={"xatol": 0.01})
     t = float(np.exp(fit.x))
     log.info("Assignment temperature fitted on %d validation wells: %.3f (within-group NLL %.3f, %.3f at 1)",
