@@ -7,8 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rxrx1_pipeline.images import MemoryStore, read_site, site_moments, write_site
+from rxrx1_pipeline.images import DecodeJob, ImageStore, MemoryStore, PngSites, build_store, read_fitted, write_site
 from rxrx1_pipeline.pipelines.score.nodes import prepare_new_sites, score_cell_line
+from rxrx1_pipeline.schema import ImageSource
 from rxrx1_pipeline.scoring import ScoringInputError, check_new_sites, experiment_sites
 
 
@@ -68,25 +69,37 @@ def test_experiment_sites_reads_a_kaggle_folder(tmp_path: Path):
         experiment_sites(tmp_path, split="train")
 
 
-def test_memory_store_moments_are_the_image_store_ones():
-    images = np.random.default_rng(0).integers(0, 256, (3, 6, 8, 8), dtype=np.uint8)
-    store = MemoryStore(images)
-    assert len(store) == 3 and store.image_size == 8
-    np.testing.assert_array_equal(store.read(1), images[1])
-    np.testing.assert_array_equal(store.moments[2], site_moments(images[2]))
-    np.testing.assert_allclose(store.moments[0, 0], images[0].reshape(6, -1).mean(1))
+def test_memory_store_moments_are_the_image_store_ones(tmp_path: Path):
+    """The scoring model's plate statistics are summed from the same per-site moments as the run's image store."""
+    rng = np.random.default_rng(0)
+    prefixes = ("test/U2OS-05/Plate1/B02_s1", "test/U2OS-05/Plate1/B02_s2")
+    for prefix in prefixes:
+        write_site(tmp_path / "png", prefix, rng.integers(0, 256, (6, 12, 12), dtype=np.uint8))
+    source = PngSites(tmp_path / "png")
+    build_store(tmp_path / "store", DecodeJob(source, prefixes, 8), workers=1)
+    built = ImageStore(tmp_path / "store")
+    memory = MemoryStore(np.stack([read_fitted(source, p, 8) for p in prefixes]))
+    assert len(memory) == 2 and memory.image_size == 8
+    np.testing.assert_array_equal(memory.moments, built.moments)
+    np.testing.assert_array_equal(memory.read(1), built.read(1))
+
+
+def _scored_sites(tmp_path: Path, well_types: list[str]) -> pd.DataFrame:
+    sites, _ = prepare_new_sites(_sites().assign(well_type=well_types,
+                                                 image_prefix=[str(tmp_path / f"missing/{i}") for i in range(4)]))
+    return sites
 
 
 def test_a_missing_image_is_named(tmp_path: Path):
-    image = np.full((6, 8, 8), 7, np.uint8)
-    write_site(tmp_path, "a/B02_s1", image)
-    np.testing.assert_array_equal(read_site(tmp_path, "a/B02_s1"), image)
-    sites, _ = prepare_new_sites(_sites().assign(image_prefix=str(tmp_path / "a/B02_s1")).iloc[:1].assign(
-        image_prefix=[str(tmp_path / "b/B02_s1")]))
-    model = {"settings": {"image_size": 8}}
-    from rxrx1_pipeline.schema import ImageSource
+    sites = _scored_sites(tmp_path, ["treatment"] * 4)
+    with pytest.raises(OSError, match=f"cannot read image {tmp_path / 'missing/0_w1.png'}"):
+        score_cell_line({"settings": {"image_size": 8}}, sites, pd.DataFrame(), "HUVEC", None, ImageSource())
 
-    with pytest.raises(OSError, match=f"cannot read image {tmp_path / 'b/B02_s1_w1.png'}"):
-        score_cell_line(model, sites, pd.DataFrame(), "HUVEC", None, ImageSource())
-    no_sites = score_cell_line(model, sites, pd.DataFrame(), "RPE", None, ImageSource())
-    assert all(t.empty for t in no_sites)
+
+def test_a_cell_line_without_treatment_sites_scores_nothing_and_reads_nothing(tmp_path: Path):
+    controls_only = _scored_sites(tmp_path, ["treatment", "treatment", "negative_control", "negative_control"])
+    controls_only = controls_only[controls_only["well_type"] != "treatment"]
+    for sites, line in ((controls_only, "HUVEC"), (_scored_sites(tmp_path, ["treatment"] * 4), "RPE")):
+        logits, embeddings = score_cell_line({"settings": {"image_size": 8}}, sites, pd.DataFrame(), line, None,
+                                             ImageSource())  # the images do not exist: none is read
+        assert logits.empty and embeddings.empty

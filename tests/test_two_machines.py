@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import pandas as pd
 import yaml
 
@@ -120,3 +121,21 @@ def test_two_machines_on_one(project_copy: Path, monkeypatch):
     assert codes == [0, 0], "\n".join(t[-3000:] for t in texts)
     assert any("HEPG2: resuming from the checkpoint after epoch" in t for t in texts)
     assert list(_history(project_copy)["epoch"]) == [1, 2, 3, 4]
+
+
+def test_two_trainings_of_one_run_on_several_machines_are_refused_before_running():
+    from rxrx1_pipeline.schema import ParameterError, validate_parameters
+    from tests.pipelines.conftest import TINY_TRAINING_VALUES
+
+    spread = {"nproc_per_node": 1, "nnodes": 2, "rdzv_endpoint": "127.0.0.1:29500"}
+    block = {**TINY_TRAINING_VALUES, "init": "scratch", "distributed": spread}
+    parameters = {"HEPG2": {"cell_line": "HEPG2", "training": block},
+                  "HUVEC": {"cell_line": "HUVEC", "training": block}}
+    with pytest.raises(ParameterError, match=r"HEPG2.training, HUVEC.training.distributed.nnodes > 1 in one run: "
+                                             r"a machine without rank 0 stops after the first"):
+        validate_parameters(parameters, {"HEPG2", "HUVEC"})
+    validate_parameters(parameters, {"HEPG2"})  # one of them per run
+    one_line_not_trained = {**parameters, "HUVEC": {"cell_line": "HUVEC", "training": {**block, "init": "shared",
+                                                                                        "epochs": 0}},
+                            "shared_training": {**TINY_TRAINING_VALUES, "distributed": spread}}
+    validate_parameters(one_line_not_trained, {"HUVEC", "shared_training"})  # fine-tuning 0 epochs trains nothing

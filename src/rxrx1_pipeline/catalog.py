@@ -3,7 +3,8 @@
 A dataset that writes one local file (``_filepath``, the convention of kedro-datasets and of most
 AbstractDataset subclasses) saves to a temporary sibling, which is renamed over the target only
 after the save returned. A kill at any moment leaves the old file or the new one, never a part.
-Datasets that manage their own files (the project's image stores and PNG trees) are left alone.
+Datasets that manage their own files (the project's image stores and PNG trees) and those that write
+atomically themselves (``writes_atomically``: the project's single-file datasets) are left alone.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def atomic_target(dataset) -> Iterator[None]:
     The temporary name carries this process's pid and a random token, so concurrent writers never share one,
     and only the partial files of processes that are gone are swept."""
     target = getattr(dataset, "_filepath", None)
-    if (target is None or getattr(dataset, "_protocol", "file") not in ("file", None)
+    if (target is None or getattr(dataset, "writes_atomically", False)
+            or getattr(dataset, "_protocol", "file") not in ("file", None)
             or getattr(dataset, "_version", None) is not None):
         yield
         return

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from kedro.io import AbstractDataset, DatasetError
-from kedro_datasets.pandas import ParquetDataset
+from kedro_datasets.pandas.parquet_dataset import ParquetDataset  # not the package: it imports SQLAlchemy
 from tqdm.auto import tqdm
 
 from rxrx1_pipeline.images import (
@@ -88,8 +88,10 @@ class SiteImagesDataset(AbstractDataset[dict, PngSites]):
 
 class _FileDataset(AbstractDataset):
     """A dataset stored in one local file, written atomically (temp file, then rename). The file is
-    ``_filepath``, the attribute kedro-datasets use: the catalog's atomic saves and kedro-mlflow's model
-    artefacts (``pipelines/score``) find it there."""
+    ``_filepath``, the attribute kedro-datasets use, where kedro-mlflow finds the scoring model's artefacts
+    (``pipelines/score``)."""
+
+    writes_atomically = True  # the catalog's atomic saves leave it alone (catalog.py)
 
     def __init__(self, *, filepath: str, metadata: dict | None = None):
         self._filepath = Path(filepath)
@@ -97,7 +99,7 @@ class _FileDataset(AbstractDataset):
 
     @property
     def _path(self) -> Path:
-        return Path(self._filepath)  # others may set it to a PurePosixPath
+        return Path(self._filepath)  # kedro-mlflow sets it to the artefact's path when it loads the model
 
     def _write(self, write: Callable[[Path], None]) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,10 @@
 """Explicit pipeline registry (kedro >= 1.5 selective loading breaks find_pipelines composites)."""
 
+import logging
 import warnings
 
 from kedro.pipeline import Pipeline
-from kedro_mlflow.pipeline import pipeline_ml_factory
+from kedro_mlflow.pipeline.pipeline_ml import KedroMlflowPipelineMLError, PipelineML
 
 from rxrx1_pipeline.pipelines import (
     inference,
@@ -16,10 +17,13 @@ from rxrx1_pipeline.pipelines import (
     train,
 )
 
-# The MLflow model a `full` run logs (kedro-mlflow): the scoring pipeline bound to the run's models and artefacts.
-# Its parameters are the project's typed settings, which an MLflow signature cannot describe, so none is logged;
-# `pip_requirements` names the project, whose pinned environment (constraints.txt) loads it.
-SCORING_MODEL = {"name": "scoring_model", "signature": None, "pip_requirements": ["rxrx1-pipeline"]}
+# How a `full` run logs its scoring model (kedro-mlflow's mlflow.pyfunc.log_model arguments). Its parameters are
+# the project's typed settings, which an MLflow signature cannot describe, so none is logged. The model runs this
+# project's node functions: it needs the project installed at the run's commit (the run's mlflow.source.git.commit
+# tag); MLflow infers the third-party packages it needs.
+SCORING_MODEL_LOGGING = {"name": "scoring_model", "signature": None}
+
+log = logging.getLogger(__name__)
 
 # Cross-namespace nodes read e.g. "HUVEC.test_logits"; kedro warns once per process about the dot.
 warnings.filterwarnings("ignore", message="One or more dataset names contain", category=UserWarning)
@@ -29,6 +33,20 @@ warnings.filterwarnings("ignore", message="One or more dataset names contain", c
 # draws `train` without layers (a line's box reads the shared model and feeds it, a cycle of layers); `full`
 # puts the inputs and the models in two stages, so its DAG keeps them.
 warnings.filterwarnings("ignore", message="Namespace '.*' is interrupted by nodes", category=UserWarning)
+
+
+class FullPipeline(PipelineML):
+    """``full`` with its scoring model: kedro-mlflow's PipelineML (what its ``pipeline_ml_factory`` builds). A
+    filtered run (``--namespaces``,
+    ``--from-nodes``, the resume command Kedro prints after a failure) that does not produce every input of the
+    scoring pipeline runs as a plain pipeline and logs no scoring model, instead of being refused."""
+
+    def filter(self, *args, **kwargs) -> Pipeline:
+        try:
+            return super().filter(*args, **kwargs)
+        except KedroMlflowPipelineMLError:
+            log.warning("A part of `full` runs: no scoring model is logged (it needs the outputs of every stage)")
+            return self.training.filter(*args, **kwargs)
 
 
 def register_pipelines() -> dict[str, Pipeline]:
@@ -51,10 +69,9 @@ def register_pipelines() -> dict[str, Pipeline]:
         ("postprocess", pipes["postprocess"]),
         ("report", pipes["report"]),
     )), start=Pipeline([]))
-    # A run of `full` (whole: a filtered run must still produce every input of the scoring pipeline) ends by
-    # logging the scoring pipeline with this run's models and fitted artefacts as an MLflow model.
-    full = pipeline_ml_factory(training=full, inference=score.create_pipeline(), input_name=score.INPUT,
-                               log_model_kwargs=SCORING_MODEL)
+    # A run of `full` ends by logging the scoring pipeline with this run's models and artefacts as an MLflow model.
+    full = FullPipeline(full.nodes, inference=score.create_pipeline(), input_name=score.INPUT,
+                        log_model_kwargs=SCORING_MODEL_LOGGING)
     # kedro viz files a node shared by several pipelines under the namespace of the first one listed here.
     return {"__default__": full, "full": full, **pipes}
 

@@ -312,8 +312,9 @@ def check_across_blocks(parameters: dict[str, Any], blocks: set[str]) -> None:
 
 
 def cross_block_problems(parameters: dict[str, Any], blocks: set[str]) -> list[str]:
-    """What breaks a rule across blocks: cell lines fine-tuned from an untrained shared model, and a final fit
-    whose assignment temperature would be fitted on the wells it trained on."""
+    """What breaks a rule across blocks: cell lines fine-tuned from an untrained shared model, several trainings
+    of one run spread over several machines, and a final fit whose assignment temperature would be fitted on
+    the wells it trained on."""
     parameters = plain(parameters)
     problems = []
     line_training = {cl: parameters[cl].get("training", {}) for cl in CELL_LINES
@@ -325,6 +326,13 @@ def cross_block_problems(parameters: dict[str, Any], blocks: set[str]) -> list[s
                         "shared_training.epochs >= 1 to train the shared model they start from")
     final = [f"{cl}.training.final_fit" for cl, training in line_training.items() if training.get("final_fit")]
     final += ["shared_training.final_fit"] if shared_training.get("final_fit") else []
+    spread = [f"{name}.training" if name in line_training else name
+              for name, training in [*line_training.items(), ("shared_training", shared_training)]
+              if training.get("epochs") and training.get("distributed", {}).get("nnodes", 1) > 1]
+    if len(spread) > 1:
+        problems.append(f"{', '.join(spread)}.distributed.nnodes > 1 in one run: a machine without rank 0 stops "
+                        "after the first of these trainings, so train one model per run on several machines, "
+                        "e.g. --pipelines=train --namespaces=HUVEC (README: More than one GPU)")
     temperature = parameters.get("postprocess", {}).get("assignment", {}).get("temperature")
     if final and "postprocess" in blocks and temperature == "auto":
         problems.append(f"{', '.join(final)} = True with postprocess.assignment.temperature = "

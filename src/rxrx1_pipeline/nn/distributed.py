@@ -75,14 +75,15 @@ def train(job: TrainJob, nproc: int, nnodes: int = 1, rdzv_endpoint: str | None 
         message = first.message if isinstance(first.message, str) else first.message.get("message", "")
         last = message.strip().splitlines()[-1] if message else str(exc)
         raise RuntimeError(f"{job.label}: DDP training failed on rank {first.local_rank}: {last}"
-                           f"{lost_peer(last, nnodes, rdzv_endpoint)}") from None
-    except RendezvousError as exc:  # the machine hosting the rendezvous store (rdzv_endpoint) left, or none came
-        raise RuntimeError(f"{job.label}: the {nnodes}-machine training lost its rendezvous at {rdzv_endpoint} "
-                           f"({type(exc).__name__}: {exc}): the machine at {rdzv_endpoint} left (or a machine never "
-                           "joined); start `kedro run` again on every machine: training resumes from the last "
-                           "checkpoint") from None
+                           f"{lost_peer_hint(last, nnodes, rdzv_endpoint)}") from None
+    except RendezvousError as exc:  # the machine hosting the rendezvous store left, or a machine never came
+        where = f"its rendezvous at {rdzv_endpoint}" if nnodes > 1 else "its local rendezvous"
+        raise RuntimeError(f"{job.label}: the {nnodes}-machine DDP training lost {where} ({type(exc).__name__}: "
+                           f"{exc}): the machine at {rdzv_endpoint} left or a machine never joined; start `kedro run` "
+                           "again on every machine: training resumes from the last checkpoint" if nnodes > 1 else
+                           f"{job.label}: DDP training could not start: {type(exc).__name__}: {exc}") from None
     if 0 not in results:  # keyed by global rank: one machine holds rank 0
-        node = min(results) // nproc
+        node = min(results) // nproc  # with the same number of processes on every machine
         log.info("%s: this machine trained as node %d of %d (ranks %s); the machine holding rank 0 writes the "
                  "model, the checkpoints and the outputs, so this run stops here", job.label, node, nnodes,
                  ", ".join(map(str, sorted(results))))
@@ -90,7 +91,7 @@ def train(job: TrainJob, nproc: int, nnodes: int = 1, rdzv_endpoint: str | None 
     return results[0]
 
 
-def lost_peer(message: str, nnodes: int, rdzv_endpoint: str | None) -> str:
+def lost_peer_hint(message: str, nnodes: int, rdzv_endpoint: str | None) -> str:
     """What to add to a worker's failure message when it means another machine left the training."""
     gone = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "closed by remote peer")
     if nnodes == 1 or not any(text in message for text in gone):
@@ -110,9 +111,9 @@ def _worker(job: TrainJob) -> tuple[dict, list[dict], pd.DataFrame] | None:
     if cuda:
         torch.cuda.set_device(dev)
     else:  # OMP_NUM_THREADS when set; else the machine's cores shared between its workers
-        threads = os.environ.get("OMP_NUM_THREADS")
-        torch.set_num_threads(int(threads) if threads else max(1, (os.cpu_count() or 1)
-                                                                 // int(os.environ["LOCAL_WORLD_SIZE"])))
+        threads = os.environ.get("OMP_NUM_THREADS", "").split(",")[0]  # e.g. "4" or "4,2" (nested levels)
+        torch.set_num_threads(int(threads) if threads.isdigit() else max(1, (os.cpu_count() or 1)
+                                                                          // int(os.environ["LOCAL_WORLD_SIZE"])))
     dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world)
     try:
         result = fit(job, rank, world, dev)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from rxrx1_pipeline.images import MemoryStore, PngSites, read_fitted
+from rxrx1_pipeline.images import N_CHANNELS, MemoryStore, PngSites, read_fitted
 from rxrx1_pipeline.pipelines.inference.nodes import WellScorer, combine_cell_lines
 from rxrx1_pipeline.pipelines.postprocess.nodes import plate_group_of_wells
 from rxrx1_pipeline.pipelines.train.nodes import plate_statistics
@@ -27,7 +27,7 @@ def prepare_new_sites(new_sites: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFra
     (siRNA unknown) for the post-processing nodes."""
     sites = check_new_sites(new_sites)
     wells = sites.drop_duplicates("id_code")[["id_code", "experiment", "cell_line", "plate", "well", "well_type"]]
-    wells = wells.assign(split="test", sirna=pd.array([pd.NA] * len(wells), dtype="Int64")).reset_index(drop=True)
+    wells = wells.assign(sirna=pd.array([pd.NA] * len(wells), dtype="Int64")).reset_index(drop=True)
     counts = wells.groupby("experiment")["well_type"].apply(lambda t: (t == "treatment").sum())
     log.info("Scoring %d treatment wells (%d sites in all) of %d experiment(s): %s", int(counts.sum()), len(sites),
              len(counts), ", ".join(f"{e} ({n} wells)" for e, n in counts.items()))
@@ -37,19 +37,21 @@ def prepare_new_sites(new_sites: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFra
 def score_cell_line(model: dict, scoring_sites: pd.DataFrame, classes: pd.DataFrame, cell_line: str,
                     inference: Inference, images: ImageSource) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Logits and embeddings of this cell line's treatment wells among the new sites (empty tables when it has
-    none). The sites are read at the model's image size and fit, and every site of a plate, controls too,
+    none: no image is read then). The sites are read at the model's image size and fit, and every site of a plate, controls too,
     gives that plate's statistics, as when the model's own store was built."""
     sites = scoring_sites[scoring_sites["cell_line"] == cell_line].reset_index(drop=True)
-    if sites.empty:
+    if not (sites["well_type"] == "treatment").any():
         return pd.DataFrame(), pd.DataFrame()
     size = model["settings"]["image_size"]
     reader = PngSites(Path("."))  # prefixes are absolute or relative to the working directory
-    pixels = np.stack([read_fitted(reader, prefix, size, images.fit) for prefix in
-                       tqdm(sites["image_prefix"], desc=f"{cell_line}: reading sites", unit="site", mininterval=1,
-                            disable=None)])
+    pixels = np.empty((len(sites), N_CHANNELS, size, size), np.uint8)
+    for row, prefix in enumerate(tqdm(sites["image_prefix"], desc=f"{cell_line}: reading sites", unit="site",
+                                      mininterval=1, disable=None)):
+        pixels[row] = read_fitted(reader, prefix, size, images.fit)
+    sites["store_row"] = np.arange(len(sites))
     plates = sites[["experiment", "plate"]].drop_duplicates().reset_index(drop=True)
     plates["plate_index"] = np.arange(len(plates))
-    sites = sites.merge(plates, on=["experiment", "plate"]).assign(store_row=np.arange(len(sites)), role="test")
+    sites = sites.merge(plates, on=["experiment", "plate"]).sort_values("store_row", ignore_index=True)
     store = MemoryStore(pixels)
     scorer = WellScorer(model, store, plate_statistics(sites, store), classes, cell_line, inference)
     logits, embeddings = scorer.score(sites, sites[sites["well_type"] == "treatment"])

@@ -4,6 +4,7 @@ and one shared model over every cell line that per-cell-line models may start fr
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -18,6 +19,9 @@ from rxrx1_pipeline.images import (
     StoreChain,
 )
 from rxrx1_pipeline.schema import ImageSource, SharedTraining, Training
+
+if TYPE_CHECKING:  # torch is imported inside the nodes
+    from rxrx1_pipeline.nn.training import TrainJob
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +210,7 @@ def train_shared_model(classes: pd.DataFrame, checkpoints: CheckpointStore, trai
     return model, pd.DataFrame(history), no_pseudo_labels() if labelled is None else labelled
 
 
-def _run_training(job):
+def _run_training(job: TrainJob) -> tuple[dict, list[dict], pd.DataFrame | None]:
     """``nn.distributed.run_training``; on a worker machine of a training on several machines, its MLflow run is
     marked as such before this `kedro run` stops."""
     from rxrx1_pipeline.nn.distributed import WorkerMachineDone, run_training
