@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from kedro.io import AbstractDataset, DatasetError
-from kedro_datasets.pandas.parquet_dataset import ParquetDataset  # not the package: it imports SQLAlchemy
+from kedro_datasets.pandas import ParquetDataset
 from tqdm.auto import tqdm
 
 from rxrx1_pipeline.images import (

@@ -97,7 +97,7 @@ def assign_plate(block: np.ndarray, temperature: float, cost: str, iterations: i
         weight = np.log(weight)
     elif cost != "prob":
         raise ValueError(f"unknown assignment cost {cost!r} (expected prob or log_prob)")
-    from scipy.optimize import linear_sum_assignment  # here: scipy.optimize costs every kedro command ~0.3 s
+    from scipy.optimize import linear_sum_assignment  # imported where used: ~0.3 s that other commands skip
 
     rows, cols = linear_sum_assignment(weight, maximize=True)
     chosen = np.empty(block.shape[0], dtype=np.int64)
