@@ -130,7 +130,8 @@ def _check_scoring_model(project: Path) -> None:
     layouts = pd.read_parquet(out / "test_plate_groups.parquet").set_index("experiment")
     posterior = [c for c in layouts.columns if c.startswith("posterior_")]
     per_experiment = scored.groupby("experiment")[["layout", "layout_confidence", *posterior]].first()
-    np.testing.assert_array_equal(per_experiment.loc[layouts.index, posterior].to_numpy(), layouts[posterior].to_numpy())
+    np.testing.assert_array_equal(per_experiment.loc[layouts.index, posterior].to_numpy(),
+                                  layouts[posterior].to_numpy())
     assert list(per_experiment.loc[layouts.index, "layout"]) == list(layouts["layout"])
     _check_served(project, uri, env, scored)
 
@@ -156,7 +157,8 @@ def _check_served(project: Path, uri: str, env: dict, scored: pd.DataFrame) -> N
                 assert time.monotonic() < deadline, "mlflow models serve did not answer /ping within 120 s"
                 time.sleep(1)
         sites = experiment_sites((project / "data/01_raw/synthetic").resolve(), split="test")
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", headers={"Content-Type": "application/json"},
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations",
+                                         headers={"Content-Type": "application/json"},
                                          data=json.dumps({"dataframe_split": sites.to_dict(orient="split")}).encode())
         served = pd.DataFrame(json.loads(urllib.request.urlopen(request, timeout=120).read())["predictions"])
     finally:

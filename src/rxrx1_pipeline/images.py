@@ -423,7 +423,9 @@ class MemoryStore:
     def __init__(self, images: np.ndarray):
         self.images = images
         self.image_size = int(images.shape[-1])
-        self.moments = np.stack([site_moments(image) for image in images]) if len(images) else np.zeros((0, 2, N_CHANNELS))
+        self.moments = np.zeros((len(images), 2, N_CHANNELS))
+        for row, image in enumerate(images):
+            self.moments[row] = site_moments(image)
 
     def __len__(self) -> int:
         return len(self.images)

@@ -37,8 +37,8 @@ def prepare_new_sites(new_sites: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFra
 def score_cell_line(model: dict, scoring_sites: pd.DataFrame, classes: pd.DataFrame, cell_line: str,
                     inference: Inference, images: ImageSource) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Logits and embeddings of this cell line's treatment wells among the new sites (empty tables when it has
-    none: no image is read then). The sites are read at the model's image size and fit, and every site of a plate, controls too,
-    gives that plate's statistics, as when the model's own store was built."""
+    none: no image is read then). The sites are read at the model's image size and fit, and every site of a
+    plate, controls too, gives that plate's statistics, as when the model's own store was built."""
     sites = scoring_sites[scoring_sites["cell_line"] == cell_line].reset_index(drop=True)
     if not (sites["well_type"] == "treatment").any():
         return pd.DataFrame(), pd.DataFrame()
