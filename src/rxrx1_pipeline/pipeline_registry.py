@@ -18,10 +18,12 @@ from rxrx1_pipeline.pipelines import (
 )
 
 # How a `full` run logs its scoring model (kedro-mlflow's mlflow.pyfunc.log_model arguments). Its parameters are
-# the project's typed settings, which an MLflow signature cannot describe, so none is logged. The model runs this
-# project's node functions: it needs the project installed at the run's commit (the run's mlflow.source.git.commit
-# tag); MLflow infers the third-party packages it needs.
+# the project's typed settings, which an MLflow signature cannot describe, so none is logged.
 SCORING_MODEL_LOGGING = {"name": "scoring_model", "signature": None}
+# What the scoring model runs on besides this project (installed at the run's commit: README), pinned to this
+# environment's versions. MLflow's own inference of them misses most (torch, kedro, ...): they are imported lazily.
+SCORING_MODEL_PACKAGES = ("kedro", "kedro-datasets", "kedro-mlflow", "mlflow", "torch", "timm", "numpy", "pandas",
+                          "pyarrow", "scipy", "pillow", "pydantic", "tqdm")
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,18 @@ class FullPipeline(PipelineML):
     filtered run (``--namespaces``,
     ``--from-nodes``, the resume command Kedro prints after a failure) that does not produce every input of the
     scoring pipeline runs as a plain pipeline and logs no scoring model, instead of being refused."""
+
+    @property
+    def log_model_kwargs(self) -> dict:
+        """The logging arguments with the packages pinned (looked up when a run of ``full`` starts, not by every
+        kedro command)."""
+        from importlib.metadata import version
+
+        return {**self._logging, "pip_requirements": [f"{name}=={version(name)}" for name in SCORING_MODEL_PACKAGES]}
+
+    @log_model_kwargs.setter
+    def log_model_kwargs(self, kwargs: dict) -> None:
+        self._logging = kwargs
 
     def filter(self, *args, **kwargs) -> Pipeline:
         try:
