@@ -54,3 +54,25 @@ def test_full_reads_as_seven_stages_of_the_same_nodes():
     assert full.datasets() == set().union(*(pipelines[p].datasets() for p in parts))  # names unchanged
     assert sorted(n.func.__name__ for n in full.nodes) == sorted(n.func.__name__ for p in parts
                                                                  for n in pipelines[p].nodes)
+
+
+def test_full_logs_the_scoring_model_and_a_part_of_full_still_runs(caplog):
+    from kedro_mlflow.pipeline.pipeline_ml import PipelineML
+
+    pipelines, catalog = _pipelines_and_catalog()
+    whole = pipelines["full"].filter()
+    assert isinstance(whole, PipelineML) and whole.input_name == "new_sites"
+    assert whole.inference.outputs() == {"scored_wells"}
+    artefacts = whole.inference.inputs() - {"new_sites"}
+    assert "HUVEC.model" in artefacts and "postprocess_calibration" not in artefacts  # it fits its own temperature
+    assert artefacts <= whole.all_outputs() | whole.inputs() and "valid_logits" in artefacts
+    from kedro.io import MemoryDataset
+
+    files = [name for name in artefacts if not name.startswith("params:")]  # copied into the model: persisted
+    assert files and not [name for name in files if isinstance(catalog[name], MemoryDataset)]
+    assert all(getattr(catalog[name], "_filepath", None) for name in files)  # where kedro-mlflow finds them
+    requirements = whole.log_model_kwargs["pip_requirements"]
+    assert any(r.startswith("torch==") for r in requirements) and any(r.startswith("kedro==") for r in requirements)
+    part = pipelines["full"].filter(node_namespaces=["postprocess"])
+    assert not isinstance(part, PipelineML) and {n.namespace.split(".")[0] for n in part.nodes} == {"postprocess"}
+    assert "no scoring model is logged" in caplog.text

@@ -39,9 +39,9 @@ warnings.filterwarnings("ignore", message="Namespace '.*' is interrupted by node
 
 class FullPipeline(PipelineML):
     """``full`` with its scoring model: kedro-mlflow's PipelineML (what its ``pipeline_ml_factory`` builds). A
-    filtered run (``--namespaces``,
-    ``--from-nodes``, the resume command Kedro prints after a failure) that does not produce every input of the
-    scoring pipeline runs as a plain pipeline and logs no scoring model, instead of being refused."""
+    filtered run (``--namespaces``, ``--from-nodes``, the resume command Kedro prints after a failure) that does
+    not produce every input of the scoring pipeline runs as a plain pipeline and logs no scoring model, instead
+    of being refused."""
 
     @property
     def log_model_kwargs(self) -> dict:
