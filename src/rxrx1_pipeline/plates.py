@@ -12,6 +12,14 @@ CHANNELS = (1, 2, 3, 4, 5, 6)
 CELL_LINES = ("HEPG2", "HUVEC", "RPE", "U2OS")
 
 
+EXPERIMENT_NAME = r"[A-Za-z0-9]+-\w+"  # CELLLINE-NN, e.g. HUVEC-17
+
+
+def cell_line_of(experiments: pd.Series) -> pd.Series:
+    """The cell line each experiment name (``CELLLINE-NN``) belongs to."""
+    return experiments.str.split("-").str[0]
+
+
 def id_code(experiment: str, plate: int, well: str) -> str:
     """The RxRx1 well identifier, e.g. ``HEPG2-01_1_B03``."""
     return f"{experiment}_{plate}_{well}"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from rxrx1_pipeline.plates import CELL_LINES, PLATES, SITES, WELLS, id_code
+from rxrx1_pipeline.plates import CELL_LINES, EXPERIMENT_NAME, PLATES, SITES, WELLS, cell_line_of, id_code
 
 REQUIRED = ("experiment", "plate", "well", "site", "image_prefix")
 WELL_TYPES = ("treatment", "negative_control", "positive_control")
@@ -43,8 +43,8 @@ def check_new_sites(table: pd.DataFrame) -> pd.DataFrame:
     for column in ("experiment", "well", "well_type", "image_prefix"):
         _refuse(sites, sites[column].isna(), f"empty {column}")
         sites[column] = sites[column].astype(str)
-    sites["cell_line"] = sites["experiment"].str.split("-").str[0]
-    _refuse(sites, ~sites["experiment"].str.fullmatch(r"[A-Za-z0-9]+-\w+"),
+    sites["cell_line"] = cell_line_of(sites["experiment"])
+    _refuse(sites, ~sites["experiment"].str.fullmatch(EXPERIMENT_NAME),
             "experiment {experiment!r} is not CELLLINE-NN")
     _refuse(sites, ~sites["cell_line"].isin(CELL_LINES),
             f"cell line {{cell_line!r}} has no model (the run trained {', '.join(CELL_LINES)})")

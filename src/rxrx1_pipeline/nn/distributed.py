@@ -21,6 +21,8 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, r
 from rxrx1_pipeline.nn.training import TrainJob, fit
 
 log = logging.getLogger(__name__)
+# What a machine that lost a peer of a training on several machines says to do.
+RESTART = "start `kedro run` again on every machine: training resumes from the last checkpoint"
 
 
 def processes(setting: int | str) -> int:
@@ -77,11 +79,11 @@ def train(job: TrainJob, nproc: int, nnodes: int = 1, rdzv_endpoint: str | None 
         raise RuntimeError(f"{job.label}: DDP training failed on rank {first.local_rank}: {last}"
                            f"{lost_peer_hint(last, nnodes, rdzv_endpoint)}") from None
     except RendezvousError as exc:  # the machine hosting the rendezvous store left, or a machine never came
-        where = f"its rendezvous at {rdzv_endpoint}" if nnodes > 1 else "its local rendezvous"
-        raise RuntimeError(f"{job.label}: the {nnodes}-machine DDP training lost {where} ({type(exc).__name__}: "
-                           f"{exc}): the machine at {rdzv_endpoint} left or a machine never joined; start `kedro run` "
-                           "again on every machine: training resumes from the last checkpoint" if nnodes > 1 else
-                           f"{job.label}: DDP training could not start: {type(exc).__name__}: {exc}") from None
+        if nnodes == 1:
+            raise RuntimeError(f"{job.label}: DDP training could not start: {type(exc).__name__}: {exc}") from None
+        raise RuntimeError(f"{job.label}: the {nnodes}-machine DDP training lost its rendezvous at {rdzv_endpoint} "
+                           f"({type(exc).__name__}: {exc}): the machine at {rdzv_endpoint} left or a machine never "
+                           f"joined; {RESTART}") from None
     if 0 not in results:  # keyed by global rank: one machine holds rank 0
         node = min(results) // nproc  # with the same number of processes on every machine
         log.info("%s: this machine trained as node %d of %d (ranks %s); the machine holding rank 0 writes the "
@@ -96,8 +98,7 @@ def lost_peer_hint(message: str, nnodes: int, rdzv_endpoint: str | None) -> str:
     gone = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "closed by remote peer")
     if nnodes == 1 or not any(text in message for text in gone):
         return ""
-    return (f" (a peer of this {nnodes}-machine training, meeting at {rdzv_endpoint}, was lost; start `kedro run` "
-            "again on every machine: training resumes from the last checkpoint)")
+    return f" (a peer of this {nnodes}-machine training, meeting at {rdzv_endpoint}, was lost; {RESTART})"
 
 
 @record

@@ -28,12 +28,12 @@ def predict_wells(model: dict, model_sites: pd.DataFrame, site_images: ImageStor
     classes, one float32 column per siRNA id: the cached-logits contract of post-processing.
     """
     scorer = WellScorer(model, site_images, plate_stats, classes, cell_line, inference)
-    treatment = model_sites["well_type"] == "treatment"
-    valid_logits, valid_emb = scorer.score(model_sites, model_sites[(model_sites["role"] == "valid") & treatment])
-    test_logits, test_emb = scorer.score(model_sites, model_sites[(model_sites["role"] == "test") & treatment])
-    for role, logits in (("valid", valid_logits), ("test", test_logits)):
-        log.info("%s: %s logits for %d wells from %d sites", cell_line, role, len(logits),
-                 int(((model_sites["role"] == role) & treatment).sum()))
+    scored = {}
+    for role in ("valid", "test"):
+        sites = model_sites[(model_sites["role"] == role) & (model_sites["well_type"] == "treatment")]
+        scored[role] = scorer.score(model_sites, sites)
+        log.info("%s: %s logits for %d wells from %d sites", cell_line, role, len(scored[role][0]), len(sites))
+    (valid_logits, valid_emb), (test_logits, test_emb) = scored["valid"], scored["test"]
     return valid_logits, test_logits, valid_emb, test_emb
 
 

@@ -5,7 +5,7 @@ import logging
 import numpy as np
 import pandas as pd
 
-from rxrx1_pipeline.plates import CELL_LINES, CHANNELS, PLATES, SITES, WELLS
+from rxrx1_pipeline.plates import CELL_LINES, CHANNELS, EXPERIMENT_NAME, PLATES, SITES, WELLS, cell_line_of
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def validate_table(df: pd.DataFrame, file: str) -> pd.DataFrame:
         _fail(file, df, df[col].isna(), f"empty {col}")
         df[col] = df[col].astype(str)
     _fail(file, df, df["id_code"].duplicated(), "duplicate id_code")
-    _fail(file, df, ~df["experiment"].str.fullmatch(r"[A-Za-z0-9]+-\w+"),
+    _fail(file, df, ~df["experiment"].str.fullmatch(EXPERIMENT_NAME),
           "experiment {experiment!r} is not CELLLINE-NN")
     plate = pd.to_numeric(df["plate"], errors="coerce")
     _fail(file, df, ~plate.isin(PLATES), "plate {plate!r} outside 1-4")
@@ -98,7 +98,7 @@ def build_wells(
         row = wells.loc[dup.to_numpy()].iloc[0]
         first = wells.loc[wells["id_code"] == row["id_code"], "_file"].iloc[0]
         raise MetadataError(f"{row['_file']}: row {row['id_code']}: id_code also listed in {first}")
-    wells["cell_line"] = wells["experiment"].str.split("-").str[0]
+    wells["cell_line"] = cell_line_of(wells["experiment"])
     check_cell_lines_and_splits(wells)
     wells = wells[WELL_COLUMNS].sort_values(["split", "experiment", "plate", "well"], ignore_index=True)
     counts = wells.groupby(["split", "well_type"]).size()
