@@ -31,9 +31,9 @@ def main() -> None:
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
 
-    from rxrx1_pipeline.datasets import CheckpointStore
     from rxrx1_pipeline.pipelines.train.nodes import train_model
     from rxrx1_pipeline.schema import Training
+    from rxrx1_pipeline.storage.checkpoints import CheckpointStore
 
     bootstrap_project(ROOT)
     cl = args.cell_line

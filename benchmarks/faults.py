@@ -29,7 +29,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from rxrx1_pipeline.tiny_project import ROOT, copy_project, shrink_project
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests/ holds the fixtures
+from tests.tiny_project import ROOT, copy_project, shrink_project  # noqa: E402
 
 KEDRO = Path(sys.executable).with_name("kedro")
 INJECTOR = '''
@@ -58,7 +59,7 @@ if os.environ.get("FAULT") == "artifact_store_fails_mid_run":
 '''
 HOLDER = '''import sys, time
 sys.argv = ["kedro", "run", "--pipelines=full"]  # stands for another run writing the same outputs
-from rxrx1_pipeline.locks import FileLock
+from rxrx1_pipeline.runs.locks import FileLock
 FileLock(sys.stdin.readline().strip(), "output root").acquire()
 print("held", flush=True)
 time.sleep(600)

@@ -99,7 +99,7 @@ def fake_site(rng: np.random.Generator, size: int) -> np.ndarray:
 
 def write_sites(root: Path, n: int, size: int) -> tuple[str, ...]:
     """``n`` generated sites as PNGs in the Kaggle layout under ``root``."""
-    from rxrx1_pipeline.images import write_site
+    from rxrx1_pipeline.storage.images import write_site
 
     rng = np.random.default_rng(0)
     prefixes = tuple(f"train/GEN-01/Plate{1 + i // 300}/B{2 + (i // 2) % 22:02d}_s{1 + i % 2}_{i}" for i in range(n))
@@ -125,7 +125,8 @@ def loader_rate(store, workers: int, batch: int, reads: int) -> float:
 
 
 def check_pixels(plan: Plan, tmp: Path, table: Table) -> dict[str, float]:
-    from rxrx1_pipeline.images import DecodeJob, PngSites, build_store, open_store, read_site
+    from rxrx1_pipeline.schema import ImageSource
+    from rxrx1_pipeline.storage.images import DecodeJob, PngSites, build_store, open_store, read_site
 
     cores = os.cpu_count() or 1
     root = tmp / "pngs"
@@ -142,7 +143,8 @@ def check_pixels(plan: Plan, tmp: Path, table: Table) -> dict[str, float]:
     for source in ("store", "png"):
         path = tmp / f"store-{source}"
         start = time.perf_counter()
-        build_store(path, DecodeJob(PngSites(root), prefixes, plan.image_size, source), workers=cores)
+        job = DecodeJob(PngSites(root), prefixes, plan.image_size, ImageSource(source=source))
+        build_store(path, job, workers=cores)
         stores[source] = open_store(path)
         what = "decode-once store build" if source == "store" else "statistics pass (PNG source)"
         table.add("pixels", f"{what}, {cores} processes", f"{len(prefixes) / (time.perf_counter() - start):.0f} sites/s",
@@ -265,9 +267,10 @@ def peak_memory(arch: str, plan: Plan, device, table: Table) -> None:
 
 
 def tiny_project(dst: Path, image_size: int, epochs: int) -> Path:
-    """The project's tiny synthetic run (``rxrx1_pipeline.tiny_project``) copied to ``dst``, at ``image_size`` px
+    """The project's tiny synthetic run (``tests.tiny_project``) copied to ``dst``, at ``image_size`` px
     with ``epochs`` for the shared model and each cell line, and one TTA view."""
-    from rxrx1_pipeline.tiny_project import copy_project, shrink_project
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests/ holds the fixtures
+    from tests.tiny_project import copy_project, shrink_project
 
     project = copy_project(dst)
     shrink_project(project)
@@ -313,7 +316,7 @@ def ddp_check(project: Path, epochs: int, table: Table) -> None:
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
 
-    from rxrx1_pipeline.datasets import CheckpointStoreDataset
+    from rxrx1_pipeline.kedro_io.datasets import CheckpointStoreDataset
     from rxrx1_pipeline.nn import distributed
     from rxrx1_pipeline.nn import training as training_module
     from rxrx1_pipeline.pipelines.train.nodes import train_model

@@ -94,7 +94,7 @@ def pseudo_label_errors(catalog, truth):
     """Per epoch: pseudo-labels added (all cell lines), of which wrong, and the running totals."""
     import pandas as pd
 
-    from rxrx1_pipeline.plates import CELL_LINES
+    from rxrx1_pipeline.leak.plates import CELL_LINES
 
     names = ["shared_pseudo_labels", *(f"{cl}.pseudo_labels" for cl in CELL_LINES)]
     labels = pd.concat([catalog.load(name) for name in names if catalog.exists(name)], ignore_index=True)

@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from rxrx1_pipeline import kernels  # noqa: E402
+from rxrx1_pipeline.leak.plates import layout_matrix  # noqa: E402
 from rxrx1_pipeline.pipelines.ingest.nodes import build_wells  # noqa: E402
 from rxrx1_pipeline.pipelines.plate_groups.nodes import (  # noqa: E402
     assign_train_plate_groups,
@@ -35,7 +36,6 @@ from rxrx1_pipeline.pipelines.plate_groups.nodes import (  # noqa: E402
     tabulate_plate_layouts,
 )
 from rxrx1_pipeline.pipelines.postprocess import nodes as pp  # noqa: E402
-from rxrx1_pipeline.plates import layout_matrix  # noqa: E402
 from rxrx1_pipeline.schema import Assignment, Rotation  # noqa: E402
 
 CSVS = ("train.csv", "test.csv", "train_controls.csv", "test_controls.csv")

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rxrx1_pipeline.images import CHANNELS, DecodeJob, PngSites, build_store, open_store, read_site
+from rxrx1_pipeline.schema import ImageSource
+from rxrx1_pipeline.storage.images import CHANNELS, DecodeJob, PngSites, build_store, open_store, read_site
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_SITES = 125_510  # sites of the real RxRx1 (train + test, 2 per well)
@@ -115,11 +116,11 @@ def main() -> None:
                                          ("(c) PNGs decoded by the loader, 512 px", 512, "png", "resize"),
                                          ("(c) PNGs decoded by the loader, 384 px crop", 384, "png", "crop")):
             path = Path(tmp) / f"{pixels}-{fit}-{size}"
-            build_store(path, DecodeJob(reader, tuple(prefixes), size, pixels, fit), workers=1)
+            build_store(path, DecodeJob(reader, tuple(prefixes), size, ImageSource(source=pixels, fit=fit)), workers=1)
             store = open_store(path)
             per_site = store.nbytes() / len(store)
             rate = loader_rate(store, args.passes if pixels == "png" else 50 * args.passes)
-            disk = REAL_SITES * DecodeJob(reader, ("x",), size, pixels, fit).store_bytes()
+            disk = REAL_SITES * DecodeJob(reader, ("x",), size, ImageSource(source=pixels, fit=fit)).store_bytes()
             rows.append((f"{label}: loader, 1 process", f"{rate:.1f} sites/s; {per_site:,.0f} B/site stored; "
                                                        f"real data {disk / 2**30:.1f} GiB"))
     for arch in args.archs:

@@ -51,7 +51,7 @@ def rate(n: int, seconds: float) -> float:
 
 def png_rates(reader, prefixes: list[str], size: int, workers: int) -> tuple[float, float]:
     """(sites/s decoding in one process, sites/s building a store with ``workers`` processes)."""
-    from rxrx1_pipeline.images import DecodeJob, build_store
+    from rxrx1_pipeline.storage.images import DecodeJob, build_store
 
     start = time.perf_counter()
     for p in prefixes[:300]:

@@ -1,10 +1,10 @@
 """Builders of small test inputs: wells tables with a known plate-group structure and simulated logits.
-Throw-away copies of the project live in ``rxrx1_pipeline.tiny_project`` (shared with benchmarks/)."""
+Throw-away copies of the project live in ``tests.tiny_project`` (shared with benchmarks/)."""
 
 import numpy as np
 import pandas as pd
 
-from rxrx1_pipeline.plates import WELLS, id_code
+from rxrx1_pipeline.leak.plates import WELLS, id_code
 
 CELL_LINES = ("HEPG2", "HUVEC")
 

@@ -28,7 +28,7 @@ def real_metadata() -> Path:
 @pytest.fixture
 def project_copy(tmp_path: Path) -> Path:
     """A copy of the project (conf, src, pyproject) with an empty data/ tree, so runs leave the repo alone."""
-    from rxrx1_pipeline.tiny_project import copy_project
+    from tests.tiny_project import copy_project
 
     return copy_project(tmp_path / "project")
 

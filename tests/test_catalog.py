@@ -11,8 +11,8 @@ import pytest
 from kedro.io import DatasetError
 from kedro_datasets.pandas import CSVDataset
 
-from rxrx1_pipeline.catalog import AtomicDataCatalog
-from rxrx1_pipeline.datasets import WellTableDataset, WellTableError, check_well_table
+from rxrx1_pipeline.kedro_io.catalog import AtomicDataCatalog
+from rxrx1_pipeline.kedro_io.datasets import WellTableDataset, WellTableError, check_well_table
 
 
 class Exploding:
@@ -42,7 +42,7 @@ def test_a_write_killed_with_sigkill_leaves_the_old_file(tmp_path):
     script = (
         "import os, signal, pandas as pd\n"
         "from kedro_datasets.pandas import CSVDataset\n"
-        "from rxrx1_pipeline.catalog import AtomicDataCatalog\n"
+        "from rxrx1_pipeline.kedro_io.catalog import AtomicDataCatalog\n"
         "class Kill:\n"
         "    def __str__(self): os.kill(os.getpid(), signal.SIGKILL)\n"
         f"c = AtomicDataCatalog(datasets={{'t': CSVDataset(filepath={str(tmp_path / 'table.csv')!r})}})\n"
@@ -93,7 +93,7 @@ def test_cached_table_contract():
 
 
 def test_ensemble_members_load_from_a_folder_and_are_checked(tmp_path):
-    from rxrx1_pipeline.datasets import LogitMembersDataset
+    from rxrx1_pipeline.kedro_io.datasets import LogitMembersDataset
 
     folder = tmp_path / "ensemble" / "test"
     assert LogitMembersDataset(path=str(folder)).load() == {}  # no folder: no ensemble

@@ -3,7 +3,7 @@ held-out temperature replaces `auto`, which the parameter check then accepts."""
 
 import pytest
 
-from rxrx1_pipeline.final_fit import final_fit_overrides, params_option
+from rxrx1_pipeline.runs.final_fit import final_fit_overrides, params_option
 from rxrx1_pipeline.schema import ParameterError, validate_parameters
 from tests.test_schema import conf
 
@@ -49,7 +49,7 @@ def test_params_option_writes_kedro_run_params_syntax():
 
 
 def test_final_fit_command_runs_held_out_then_final_with_its_temperature(project_copy):
-    """`python -m rxrx1_pipeline.final_fit` on a tiny project: two `full` runs, the second with every model
+    """`python -m rxrx1_pipeline.runs.final_fit` on a tiny project: two `full` runs, the second with every model
     final-fitted and the first run's fitted temperature (not re-fitted on the now-trained-on wells)."""
     import json
     import os
@@ -59,12 +59,12 @@ def test_final_fit_command_runs_held_out_then_final_with_its_temperature(project
 
     import mlflow
 
-    from rxrx1_pipeline.tiny_project import shrink_project
+    from tests.tiny_project import shrink_project
     from tests.conftest import kedro_run
 
     shrink_project(project_copy)
     assert kedro_run(project_copy, "--pipelines=synthetic", timeout=300).returncode == 0
-    result = subprocess.run([sys.executable, "-m", "rxrx1_pipeline.final_fit"], cwd=project_copy, text=True,
+    result = subprocess.run([sys.executable, "-m", "rxrx1_pipeline.runs.final_fit"], cwd=project_copy, text=True,
                             capture_output=True, timeout=600, env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     held_out = float(re.search(r"held-out run: assignment temperature ([0-9.]+) \(fitted on \d+ validation",

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rxrx1_pipeline.images import ImageStore, read_site
+from rxrx1_pipeline.storage.images import ImageStore, read_site
 from rxrx1_pipeline.pipelines.synthetic.nodes import render_sites
 from rxrx1_pipeline.schema import Synthetic
-from rxrx1_pipeline.tiny_project import shrink_project
+from tests.tiny_project import shrink_project
 from tests.conftest import ROOT, kedro_run
 
 
@@ -95,7 +95,7 @@ def _check_tracking(project: Path, metrics: pd.DataFrame, histories: int) -> Non
 # test experiments of the synthetic folder (Kaggle layout) with it.
 SCORE_TEST_EXPERIMENTS = """
 import sys, mlflow
-from rxrx1_pipeline.scoring import experiment_sites
+from rxrx1_pipeline.pipelines.score import experiment_sites
 model = mlflow.pyfunc.load_model(sys.argv[1])
 model.predict(experiment_sites("data/01_raw/synthetic", split="test")).to_parquet("scored_wells.parquet")
 """
@@ -138,7 +138,7 @@ def _check_scoring_model(project: Path) -> None:
 
 def _check_served(project: Path, uri: str, env: dict, scored: pd.DataFrame) -> None:
     """`mlflow models serve` (local environment) answers one request with the same siRNA calls."""
-    from rxrx1_pipeline.scoring import experiment_sites
+    from rxrx1_pipeline.pipelines.score import experiment_sites
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

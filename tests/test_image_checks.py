@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rxrx1_pipeline.images import (
+from rxrx1_pipeline.storage.images import (
     DecodeJob,
     ImageFormatError,
     PngSites,

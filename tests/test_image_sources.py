@@ -8,8 +8,8 @@ import pytest
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from rxrx1_pipeline.datasets import ImageStoreDataset, SiteImagesDataset
-from rxrx1_pipeline.images import (
+from rxrx1_pipeline.kedro_io.datasets import ImageStoreDataset, SiteImagesDataset
+from rxrx1_pipeline.storage.images import (
     IMAGES,
     DecodeJob,
     ImageStore,
@@ -36,7 +36,7 @@ def png_tree(tmp_path_factory):
 
 def build(path, root, prefixes, pixels="store", fit="resize", size=SIZE):
     dataset = ImageStoreDataset(path=str(path), workers=1)
-    dataset.save(DecodeJob(PngSites(root), prefixes, size, pixels, fit))
+    dataset.save(DecodeJob(PngSites(root), prefixes, size, ImageSource(source=pixels, fit=fit)))
     return dataset.load()
 
 
@@ -104,6 +104,6 @@ def test_images_block_is_validated_and_the_node_passes_it_to_the_job(png_tree):
     hint = typing.get_type_hints(decode_sites)["training"]  # as Kedro builds it: the model the hint names, if any
     training = hint.model_validate(training) if isinstance(hint, type) and issubclass(hint, BaseModel) else training
     job = decode_sites(sites, PngSites(root), training, ImageSource(source="png", fit="crop"))
-    assert (job.pixels, job.fit, job.image_size, job.prefixes) == ("png", "crop", SIZE, prefixes)
+    assert (job.images.source, job.images.fit, job.image_size, job.prefixes) == ("png", "crop", SIZE, prefixes)
     assert job.store_bytes() == 10 * 2 * 6 * 8  # statistics only
     assert DecodeJob(PngSites(root), prefixes, 512).store_bytes() == 10 * (6 * 512 * 512 + 2 * 6 * 8)

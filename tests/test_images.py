@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rxrx1_pipeline.datasets import SiteImagesDataset
-from rxrx1_pipeline.images import (
+from rxrx1_pipeline.kedro_io.datasets import SiteImagesDataset
+from rxrx1_pipeline.storage.images import (
     DecodeJob,
     ImageStore,
     PngSites,
@@ -83,7 +83,7 @@ def test_store_holds_the_png_pixels_and_moments_and_decodes_each_site_once(png_t
 
     build_store(tmp_path / "store", job, workers=2, chunk=8)  # same job: reused, nothing decoded
     assert len(reads(log)) == 40
-    build_store(tmp_path / "store", DecodeJob(job.source, prefixes, SIZE // 2), workers=1)  # new size: rebuilt
+    build_store(tmp_path / "store", DecodeJob(job.pngs, prefixes, SIZE // 2), workers=1)  # new size: rebuilt
     assert len(reads(log)) == 80 and ImageStore(tmp_path / "store").image_size == SIZE // 2
 
 
@@ -118,7 +118,7 @@ def test_a_build_killed_with_sigkill_resumes(png_tree, tmp_path):
     path = tmp_path / "store"
     script = (
         "import sys, time; from pathlib import Path\n"
-        "from rxrx1_pipeline.images import DecodeJob, PngSites, build_store\n"
+        "from rxrx1_pipeline.storage.images import DecodeJob, PngSites, build_store\n"
         "from tests.test_images import SlowSites as Slow\n"
         "if __name__ == '__main__':\n"
         f"    build_store(Path({str(path)!r}), DecodeJob(Slow(Path({str(root)!r})), {prefixes!r}, {SIZE}), 2, 4)\n")
@@ -212,7 +212,7 @@ def test_writing_a_site_tree_logs_its_progress_when_no_terminal_shows_a_bar(tmp_
 
     image = np.zeros((6, 8, 8), np.uint8)
     sites = {f"train/HEPG2-01/Plate1/B{w:02d}_s1": image for w in range(2, 22)}
-    with caplog.at_level(logging.INFO, logger="rxrx1_pipeline.datasets"):
+    with caplog.at_level(logging.INFO, logger="rxrx1_pipeline.kedro_io.datasets"):
         SiteImagesDataset(path=str(tmp_path / "tree"), workers=2).save(sites)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("writing sites")]
     assert lines[0] == "writing sites: 2 of 20 (10%)" and lines[-1] == "writing sites: 20 of 20 (100%)"

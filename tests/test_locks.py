@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 from kedro_datasets.pandas import ParquetDataset
 
-from rxrx1_pipeline.catalog import atomic_target
-from rxrx1_pipeline.datasets import _FileDataset
-from rxrx1_pipeline.locks import RUN_LOCK, FileLock, LockError, OneRunPerOutputRoot, sweep_partials
+from rxrx1_pipeline.kedro_io.catalog import atomic_target
+from rxrx1_pipeline.hooks import OneRunPerOutputRoot
+from rxrx1_pipeline.runs.locks import RUN_LOCK, FileLock, LockError, sweep_partials, write_atomically
 
 HOLDER = """import sys, time
-from rxrx1_pipeline.locks import FileLock
+from rxrx1_pipeline.runs.locks import FileLock
 FileLock(sys.argv[1], "test").acquire()
 print("held", flush=True)
 time.sleep(60)
@@ -126,7 +126,7 @@ def test_atomic_save_uses_its_own_temporary_and_leaves_a_live_writers_alone(tmp_
     assert theirs.read_text() == "another run's half-written file" and not stale.exists()
 
 
-def test_single_file_dataset_writes_a_unique_temporary_and_removes_it_on_failure(tmp_path):
+def test_atomic_file_write_uses_a_unique_temporary_and_removes_it_on_failure(tmp_path):
     target = tmp_path / "model.pt"
     target.write_text("old")
     names = []
@@ -136,26 +136,18 @@ def test_single_file_dataset_writes_a_unique_temporary_and_removes_it_on_failure
         tmp.write_text("half")
         raise RuntimeError("disk full")
 
-    class TextDataset(_FileDataset):
-        def load(self) -> str:
-            return self._path.read_text()
-
-        def save(self, data: str) -> None:
-            self._write(lambda tmp: names.append(tmp.name) or tmp.write_text(data))
-
-    dataset = TextDataset(filepath=str(target))
     with pytest.raises(RuntimeError, match="disk full"):
-        dataset._write(fail)
+        write_atomically(target, fail)
     assert target.read_text() == "old"
-    dataset.save("new")
+    write_atomically(target, lambda tmp: names.append(tmp.name) or tmp.write_text("new"))
     assert names[0] != names[1] and all(n.startswith(f".model.pt.{os.getpid()}.") for n in names)
-    assert dataset.load() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+    assert target.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
 
 
 def test_runs_on_several_machines_share_the_output_root():
     from kedro.pipeline import Node, Pipeline
 
-    from rxrx1_pipeline.locks import several_machines
+    from rxrx1_pipeline.hooks import several_machines
     from tests.pipelines.conftest import TINY_TRAINING, changed
 
     pipe = Pipeline([Node(lambda training: 1, "params:HEPG2.training", "x", name="train")])

@@ -21,16 +21,16 @@ import pandas as pd
 import pytest
 import yaml
 
-from rxrx1_pipeline.datasets import CheckpointStoreDataset, ImageStoreDataset
-from rxrx1_pipeline.images import DecodeJob, PngSites, PngStore, StoreError, build_store, read_site
+from rxrx1_pipeline.kedro_io.datasets import CheckpointStoreDataset, ImageStoreDataset
+from rxrx1_pipeline.storage.images import DecodeJob, PngSites, PngStore, StoreError, build_store, read_site
 from rxrx1_pipeline.pipelines.ingest.nodes import build_class_index, build_sites, build_wells
+from rxrx1_pipeline.storage.images import plate_statistics
 from rxrx1_pipeline.pipelines.train.nodes import (
     decode_sites,
-    plate_statistics,
     select_sites,
     train_shared_model,
 )
-from rxrx1_pipeline.plates import CHANNELS, CELL_LINES
+from rxrx1_pipeline.leak.plates import CHANNELS, CELL_LINES
 from rxrx1_pipeline.schema import ImageSource
 from tests.conftest import CSVS, ROOT, SHARED
 

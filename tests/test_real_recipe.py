@@ -9,7 +9,7 @@ import torch
 from rxrx1_pipeline.nn.identity import NETWORK, model_settings
 from rxrx1_pipeline.nn.loops import cycles_lr, optimiser
 from rxrx1_pipeline.nn.network import build_network
-from rxrx1_pipeline.plates import CELL_LINES
+from rxrx1_pipeline.leak.plates import CELL_LINES
 from rxrx1_pipeline.schema import Inference, SharedTraining, Training, validate_parameters
 from tests.test_schema import conf
 

@@ -1,4 +1,4 @@
-"""The scoring model's input (rxrx1_pipeline.scoring) and the scoring nodes on their own; the round trip
+"""The scoring model's input (rxrx1_pipeline.pipelines.score.sites) and the scoring nodes on their own; the round trip
 through MLflow of a trained run is in test_full_run."""
 
 from pathlib import Path
@@ -7,10 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rxrx1_pipeline.images import DecodeJob, ImageStore, MemoryStore, PngSites, build_store, read_fitted, write_site
+from rxrx1_pipeline.storage.images import DecodeJob, ImageStore, MemoryStore, PngSites, build_store, read_fitted, write_site
 from rxrx1_pipeline.pipelines.score.nodes import prepare_new_sites, score_cell_line
 from rxrx1_pipeline.schema import ImageSource
-from rxrx1_pipeline.scoring import ScoringInputError, check_new_sites, experiment_sites
+from rxrx1_pipeline.pipelines.score import ScoringInputError, check_new_sites, experiment_sites
 
 
 def _sites(**changes) -> pd.DataFrame:
@@ -78,7 +78,7 @@ def test_memory_store_moments_are_the_image_store_ones(tmp_path: Path):
     source = PngSites(tmp_path / "png")
     build_store(tmp_path / "store", DecodeJob(source, prefixes, 8), workers=1)
     built = ImageStore(tmp_path / "store")
-    memory = MemoryStore(np.stack([read_fitted(source, p, 8) for p in prefixes]))
+    memory = MemoryStore(np.stack([read_fitted(source, p, 8, "resize") for p in prefixes]))
     assert len(memory) == 2 and memory.image_size == 8
     np.testing.assert_array_equal(memory.moments, built.moments)
     np.testing.assert_array_equal(memory.read(1), built.read(1))

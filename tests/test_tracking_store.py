@@ -12,7 +12,7 @@ import pytest
 from kedro.framework.hooks import hook_impl
 from kedro.framework.hooks.manager import _create_hook_manager
 
-from rxrx1_pipeline.tracking import (
+from rxrx1_pipeline.runs.tracking import (
     CheckTrackingStore,
     MarkInterruptedRuns,
     TrackingCannotFailRuns,

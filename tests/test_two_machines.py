@@ -14,7 +14,7 @@ import pytest
 import pandas as pd
 import yaml
 
-from rxrx1_pipeline.tiny_project import shrink_project
+from tests.tiny_project import shrink_project
 from tests.conftest import KEDRO, kedro_run
 
 # HEPG2 alone

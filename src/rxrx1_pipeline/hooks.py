@@ -1,14 +1,20 @@
-"""Project hooks: parameters are validated before a run starts; metrics and artifacts go to MLflow."""
+"""Project hooks: parameters are validated before a run starts, one run at a time per output root, metrics and
+artifacts go to MLflow."""
 
 from __future__ import annotations
 
+import atexit
+import logging
 import re
 from pathlib import Path
 
 import pandas as pd
 from kedro.framework.hooks import hook_impl
 
+from rxrx1_pipeline.runs.locks import RUN_LOCK, FileLock, LockError
 from rxrx1_pipeline.schema import check_across_blocks
+
+log = logging.getLogger(__name__)
 
 
 class ValidateParameters:
@@ -126,3 +132,62 @@ def runner_name(runner: str) -> str:
     """``<kedro.runner.sequential_runner.SequentialRunner object at 0x...>`` as ``SequentialRunner``."""
     match = re.search(r"([A-Za-z_]\w*) object at 0x", runner)
     return match.group(1) if match else runner
+
+
+class OneRunPerOutputRoot:
+    """Refuses a ``kedro run`` whose output root (``output_root`` in conf globals; also ``image_store_root``
+    when it lies outside it) another live run is writing, naming that run; takes over the lock file a dead run
+    left. The lock is taken after the parameter check and before kedro-mlflow opens a run, and released when
+    the run ends (the kernel releases it if the process is killed)."""
+
+    def __init__(self) -> None:
+        self._roots: list[Path] = []
+        self._locks: list[FileLock] = []
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        project = Path(context.project_path)
+        globals_ = context.config_loader["globals"] if "globals" in context.config_loader.config_patterns else {}
+        output = (project / str(globals_.get("output_root", "data"))).absolute()
+        roots = [output]
+        store = globals_.get("image_store_root")
+        if store is not None:
+            store = (project / str(store)).absolute()
+            if not store.is_relative_to(output):
+                roots.append(store)
+        self._roots = roots
+
+    @hook_impl(tryfirst=True)
+    def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
+        self._release()  # a previous run of this process that ended without the after-run hooks
+        if pipeline is not None and several_machines(catalog, pipeline):
+            log.warning("training on several machines (distributed.nnodes > 1): every machine runs this pipeline "
+                        "on the shared output root, so it is not locked to one run")
+            return
+        try:
+            for root in self._roots:
+                self._locks.append(FileLock(root / RUN_LOCK, f"output root {root}").acquire())
+        except LockError:
+            self._release()
+            raise
+        atexit.register(self._release)  # a run stopped by a signal (SystemExit, KeyboardInterrupt) removes it too
+
+    @hook_impl(trylast=True)
+    def after_pipeline_run(self, run_params, run_result, pipeline, catalog) -> None:
+        self._release()
+
+    @hook_impl(trylast=True)
+    def on_pipeline_error(self, error, run_params, pipeline, catalog) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        while self._locks:
+            self._locks.pop().release()
+        atexit.unregister(self._release)
+
+
+def several_machines(catalog, pipeline) -> bool:
+    """Whether a training block of ``pipeline`` runs on several machines: each runs the same `kedro run` on
+    the shared output root (README: "More than one GPU"), which a lock would refuse."""
+    names = [name for name in pipeline.datasets() if name.startswith("params:") and name.endswith("training")]
+    return any(catalog.load(name).distributed.nnodes > 1 for name in names)

@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from rxrx1_pipeline.plates import CELL_LINES
+from rxrx1_pipeline.leak.plates import CELL_LINES
 
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegativeInt = Annotated[int, Field(ge=0)]

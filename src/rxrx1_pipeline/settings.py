@@ -6,10 +6,9 @@ import warnings
 
 from kedro.config import OmegaConfigLoader
 
-from rxrx1_pipeline.catalog import AtomicDataCatalog
-from rxrx1_pipeline.hooks import TrackRun, ValidateParameters
-from rxrx1_pipeline.locks import OneRunPerOutputRoot
-from rxrx1_pipeline.tracking import CheckTrackingStore, MarkInterruptedRuns, TrackingCannotFailRuns
+from rxrx1_pipeline.hooks import OneRunPerOutputRoot, TrackRun, ValidateParameters
+from rxrx1_pipeline.kedro_io.catalog import AtomicDataCatalog
+from rxrx1_pipeline.runs.tracking import CheckTrackingStore, MarkInterruptedRuns, TrackingCannotFailRuns
 
 # kedro-mlflow's pipeline model has no type hints on `predict`, and mlflow says so (in raw ANSI colours) when the
 # plugin defines it, i.e. on every kedro command. mlflow forces its own filter on that warning, so the plugin's

@@ -5,16 +5,16 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from rxrx1_pipeline.datasets import ImageStoreDataset, SiteImagesDataset
+from rxrx1_pipeline.kedro_io.datasets import ImageStoreDataset, SiteImagesDataset
 from rxrx1_pipeline.pipelines.ingest.nodes import (
     build_class_index,
     build_sites,
     build_wells,
 )
 from rxrx1_pipeline.pipelines.synthetic.nodes import design_plates, render_sites
+from rxrx1_pipeline.storage.images import plate_statistics
 from rxrx1_pipeline.pipelines.train.nodes import (
     decode_sites,
-    plate_statistics,
     select_sites,
 )
 from rxrx1_pipeline.schema import ImageSource, Inference, Synthetic, Training

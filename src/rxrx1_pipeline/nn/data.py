@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from rxrx1_pipeline.images import ImageStore
+from rxrx1_pipeline.storage.images import ImageStore
 
 
 class StoreSites(Dataset):

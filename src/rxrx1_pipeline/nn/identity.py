@@ -39,7 +39,7 @@ def fingerprint(obj) -> str:
 def code_version() -> str:
     """Fingerprint of the training code: the nn package and the kernels pseudo-labelling uses."""
     package = Path(__file__).resolve().parents[1]
-    files = sorted((package / "nn").glob("*.py")) + [package / "kernels.py"]
+    files = sorted((package / "nn").glob("*.py")) + [package / "leak" / "kernels.py"]
     return hashlib.sha1(b"".join(f.read_bytes() for f in files)).hexdigest()[:16]
 
 

@@ -11,9 +11,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from rxrx1_pipeline.images import ImageStore
 from rxrx1_pipeline.nn.data import StoreSites, dihedral, loader, random_dihedral, views_of_step
 from rxrx1_pipeline.schema import Training
+from rxrx1_pipeline.storage.images import ImageStore
 
 
 def device(name: str | None = None) -> torch.device:

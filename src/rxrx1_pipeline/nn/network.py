@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rxrx1_pipeline.images import N_CHANNELS, STAT_COLUMNS
+from rxrx1_pipeline.storage.images import N_CHANNELS, STAT_COLUMNS
 
 log = logging.getLogger(__name__)
 

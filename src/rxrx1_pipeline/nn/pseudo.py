@@ -16,8 +16,8 @@ import logging
 import numpy as np
 import pandas as pd
 
-from rxrx1_pipeline.kernels import combine_rows, group_log_probs, score_layouts
-from rxrx1_pipeline.plates import layout_matrix
+from rxrx1_pipeline.leak.kernels import combine_rows, group_log_probs, score_layouts
+from rxrx1_pipeline.leak.plates import layout_matrix
 from rxrx1_pipeline.schema import PseudoLabels
 
 log = logging.getLogger(__name__)

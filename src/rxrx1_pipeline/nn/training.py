@@ -11,8 +11,6 @@ from functools import cached_property
 import pandas as pd
 import torch
 
-from rxrx1_pipeline.datasets import CheckpointStore
-from rxrx1_pipeline.images import ImageStore, StoreChain
 from rxrx1_pipeline.nn import loops
 from rxrx1_pipeline.nn.checkpoints import model_checkpoint
 from rxrx1_pipeline.nn.data import FitBatches, StoreSites, fit_loader
@@ -20,6 +18,8 @@ from rxrx1_pipeline.nn.identity import run_fingerprint
 from rxrx1_pipeline.nn.network import build_network, normaliser_from_stats
 from rxrx1_pipeline.nn.pseudo import PseudoLabeller
 from rxrx1_pipeline.schema import Training
+from rxrx1_pipeline.storage.checkpoints import CheckpointStore
+from rxrx1_pipeline.storage.images import ImageStore, StoreChain
 
 log = logging.getLogger(__name__)
 

@@ -3,13 +3,9 @@ import pandas as pd
 import pytest
 import torch
 
-from rxrx1_pipeline.datasets import CheckpointStore
-from rxrx1_pipeline.pipelines.inference.nodes import (
-    centre_plates,
-    combine_cell_lines,
-    per_well,
-    predict_wells,
-)
+from rxrx1_pipeline.storage.checkpoints import CheckpointStore
+from rxrx1_pipeline.nn.wells import centre_plates, combine_cell_lines, per_well
+from rxrx1_pipeline.pipelines.inference.nodes import predict_wells
 from rxrx1_pipeline.pipelines.train.nodes import train_model
 from tests.pipelines.conftest import changed, TINY_INFERENCE
 

@@ -16,7 +16,7 @@ from rxrx1_pipeline.pipelines.plate_groups.nodes import (
     discover_sirna_groups,
     tabulate_plate_layouts,
 )
-from rxrx1_pipeline.plates import layout_matrix
+from rxrx1_pipeline.leak.plates import layout_matrix
 from tests.builders import make_wells
 from tests.conftest import CSVS
 

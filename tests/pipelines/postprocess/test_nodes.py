@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rxrx1_pipeline.kernels import (
+from rxrx1_pipeline.leak.kernels import (
     LogitsError,
     assign_plate,
     row_argmax,
@@ -16,17 +16,9 @@ from rxrx1_pipeline.pipelines.plate_groups.nodes import (
     discover_sirna_groups,
     tabulate_plate_layouts,
 )
-from rxrx1_pipeline.pipelines.postprocess.nodes import (
-    assign_wells,
-    build_submission,
-    ensemble_logits,
-    ensemble_splits,
-    evaluate,
-    fit_temperature,
-    infer_layouts,
-    split_logits,
-)
-from rxrx1_pipeline.plates import layout_matrix
+from rxrx1_pipeline.leak.assignment import assign_wells, fit_temperature, infer_layouts, split_logits
+from rxrx1_pipeline.pipelines.postprocess.nodes import build_submission, ensemble_logits, ensemble_splits, evaluate
+from rxrx1_pipeline.leak.plates import layout_matrix
 from tests.builders import make_wells, simulated_logits
 from rxrx1_pipeline.schema import Assignment, Rotation
 

@@ -13,7 +13,7 @@ from rxrx1_pipeline.pipelines.report.nodes import (
     example_wells,
     plot_training_curves,
 )
-from rxrx1_pipeline.plates import CELL_LINES
+from rxrx1_pipeline.leak.plates import CELL_LINES
 from tests.pipelines.postprocess.test_pipeline import run_postprocess, small_case
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from rxrx1_pipeline.pipelines.ingest.nodes import REQUIRED_COLUMNS, build_wells
 from rxrx1_pipeline.pipelines.synthetic.nodes import design_plates, render_sites
-from rxrx1_pipeline.plates import PLATES, SITES, WELLS, site_prefix
+from rxrx1_pipeline.leak.plates import PLATES, SITES, WELLS, site_prefix
 from tests.conftest import CSVS as FILES
 from rxrx1_pipeline.schema import Synthetic
 

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from rxrx1_pipeline.datasets import CheckpointStore
+from rxrx1_pipeline.storage.checkpoints import CheckpointStore
 from rxrx1_pipeline.pipelines.train.nodes import train_model
 from tests.pipelines.conftest import changed, TINY_TRAINING
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rxrx1_pipeline.nn.augment import mix, resized_crop
-from rxrx1_pipeline.datasets import CheckpointStore
+from rxrx1_pipeline.storage.checkpoints import CheckpointStore
 from rxrx1_pipeline.nn.data import FitBatches
 from rxrx1_pipeline.nn.pseudo import PseudoLabeller
 from rxrx1_pipeline.pipelines.plate_groups.nodes import (

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from rxrx1_pipeline.images import STAT_COLUMNS
-from rxrx1_pipeline.datasets import CheckpointStore
+from rxrx1_pipeline.storage.images import STAT_COLUMNS
+from rxrx1_pipeline.storage.checkpoints import CheckpointStore
 from rxrx1_pipeline.pipelines.train.nodes import select_sites, train_model
 from tests.pipelines.conftest import changed
 

@@ -2,9 +2,10 @@
 
 from kedro.pipeline import Node, Pipeline
 
-from rxrx1_pipeline.plates import CELL_LINES
+from rxrx1_pipeline.leak.plates import CELL_LINES
+from rxrx1_pipeline.nn.wells import combine_cell_lines
 
-from .nodes import combine_cell_lines, predict_wells
+from .nodes import predict_wells
 
 OUTPUTS = ["valid_logits", "test_logits", "valid_embeddings", "test_embeddings"]
 

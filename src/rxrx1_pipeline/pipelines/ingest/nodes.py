@@ -5,7 +5,7 @@ import logging
 import numpy as np
 import pandas as pd
 
-from rxrx1_pipeline.plates import CELL_LINES, CHANNELS, EXPERIMENT_NAME, PLATES, SITES, WELLS, cell_line_of
+from rxrx1_pipeline.leak.plates import CELL_LINES, CHANNELS, EXPERIMENT_NAME, PLATES, SITES, WELLS, cell_line_of
 
 log = logging.getLogger(__name__)
 

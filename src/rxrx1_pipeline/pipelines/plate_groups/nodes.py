@@ -12,7 +12,7 @@ import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from rxrx1_pipeline.plates import layout_columns
+from rxrx1_pipeline.leak.plates import layout_columns
 
 log = logging.getLogger(__name__)
 

@@ -5,15 +5,9 @@ Runs on its own (`kedro run --pipelines=postprocess`): every input is a persiste
 
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import (
-    assign_wells,
-    build_submission,
-    ensemble_splits,
-    evaluate,
-    fit_temperature,
-    infer_layouts,
-    plot_stage_accuracy,
-)
+from rxrx1_pipeline.leak.assignment import assign_wells, fit_temperature, infer_layouts
+
+from .nodes import build_submission, ensemble_splits, evaluate, plot_stage_accuracy
 
 SPLITS = ("valid", "test")
 

@@ -10,8 +10,8 @@ import logging
 import numpy as np
 import pandas as pd
 
-from rxrx1_pipeline.images import PngSites
-from rxrx1_pipeline.plates import CELL_LINES
+from rxrx1_pipeline.leak.plates import CELL_LINES
+from rxrx1_pipeline.storage.images import PngSites
 
 log = logging.getLogger(__name__)
 

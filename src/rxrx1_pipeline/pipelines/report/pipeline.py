@@ -2,7 +2,7 @@
 
 from kedro.pipeline import Node, Pipeline
 
-from rxrx1_pipeline.plates import CELL_LINES
+from rxrx1_pipeline.leak.plates import CELL_LINES
 
 from .nodes import build_report, plot_training_curves
 

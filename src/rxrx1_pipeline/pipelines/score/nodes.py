@@ -12,18 +12,18 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from rxrx1_pipeline.images import N_CHANNELS, MemoryStore, PngSites, read_fitted
-from rxrx1_pipeline.pipelines.inference.nodes import WellScorer, combine_cell_lines
-from rxrx1_pipeline.pipelines.postprocess.nodes import plate_group_of_wells
-from rxrx1_pipeline.pipelines.train.nodes import plate_statistics
+from rxrx1_pipeline.leak.assignment import plate_group_of_wells
+from rxrx1_pipeline.nn.wells import WellScorer, combine_cell_lines
 from rxrx1_pipeline.schema import ImageSource, Inference
-from rxrx1_pipeline.scoring import check_new_sites
+from rxrx1_pipeline.storage.images import N_CHANNELS, MemoryStore, PngSites, plate_statistics, read_fitted
+
+from .sites import check_new_sites
 
 log = logging.getLogger(__name__)
 
 
 def prepare_new_sites(new_sites: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The input table checked (``scoring.check_new_sites``), and its wells in the format of ``wells``
+    """The input table checked (``sites.check_new_sites``), and its wells in the format of ``wells``
     (siRNA unknown) for the post-processing nodes."""
     sites = check_new_sites(new_sites)
     wells = sites.drop_duplicates("id_code")[["id_code", "experiment", "cell_line", "plate", "well", "well_type"]]

@@ -1,12 +1,12 @@
 """Scoring new experiments: the inference side of a trained run, from a table of new sites (``new_sites``,
-``rxrx1_pipeline.scoring``) to one row per well (``scored_wells``). Its other inputs are the run's trained
+``pipelines/score/sites.py``) to one row per well (``scored_wells``). Its other inputs are the run's trained
 models and artefacts (classes, siRNA groups, candidate layouts, its validation logits and wells, for the
 assignment temperature); the ``full`` pipeline logs it with them as an MLflow model (pipeline_registry)."""
 
 from kedro.pipeline import Node, Pipeline
 
-from rxrx1_pipeline.pipelines.postprocess.nodes import assign_wells, fit_temperature, infer_layouts
-from rxrx1_pipeline.plates import CELL_LINES
+from rxrx1_pipeline.leak.assignment import assign_wells, fit_temperature, infer_layouts
+from rxrx1_pipeline.leak.plates import CELL_LINES
 
 from .nodes import prepare_new_sites, score_cell_line, scored_wells, stack_cell_lines
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from rxrx1_pipeline.plates import CHANNELS, PLATES, SITES, WELLS, id_code, site_prefix
+from rxrx1_pipeline.leak.plates import CHANNELS, PLATES, SITES, WELLS, id_code, site_prefix
 from rxrx1_pipeline.schema import Synthetic
 
 log = logging.getLogger(__name__)

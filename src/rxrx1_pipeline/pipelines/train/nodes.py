@@ -9,16 +9,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from rxrx1_pipeline.datasets import CheckpointStore
-from rxrx1_pipeline.images import (
-    N_CHANNELS,
-    STAT_COLUMNS,
+from rxrx1_pipeline.schema import ImageSource, SharedTraining, Training
+from rxrx1_pipeline.storage.checkpoints import CheckpointStore
+from rxrx1_pipeline.storage.images import (
     DecodeJob,
     ImageStore,
     PngSites,
     StoreChain,
 )
-from rxrx1_pipeline.schema import ImageSource, SharedTraining, Training
 
 if TYPE_CHECKING:  # torch is imported inside the nodes
     from rxrx1_pipeline.nn.training import TrainJob
@@ -72,26 +70,7 @@ def decode_sites(model_sites: pd.DataFrame, raw_site_images: PngSites, training:
     The store dataset builds it once (and reuses or resumes it on later runs).
     """
     prefixes = model_sites.sort_values("store_row")["w1"].str.slice(0, -len("_w1.png"))
-    return DecodeJob(raw_site_images, tuple(prefixes), training.image_size, images.source, images.fit)
-
-
-def plate_statistics(model_sites: pd.DataFrame, site_images: ImageStore) -> pd.DataFrame:
-    """Per-plate channel mean and std over all of the plate's own sites (no labels used), from the
-    per-site moments the image store gathered while decoding."""
-    moments = site_images.moments
-    n_plates = int(model_sites["plate_index"].max()) + 1
-    plate_of = model_sites["plate_index"].to_numpy()[np.argsort(model_sites["store_row"].to_numpy())]
-    total = np.zeros((n_plates, N_CHANNELS))
-    squares = np.zeros((n_plates, N_CHANNELS))
-    np.add.at(total, plate_of, moments[:, 0])
-    np.add.at(squares, plate_of, moments[:, 1])
-    count = np.bincount(plate_of, minlength=n_plates).astype(float)
-    mean = total / count[:, None]
-    std = np.sqrt(np.maximum(squares / count[:, None] - mean**2, 0))
-    stats = model_sites[["experiment", "plate", "plate_index"]].drop_duplicates().sort_values("plate_index")
-    stats = stats.reset_index(drop=True)
-    stats[STAT_COLUMNS] = np.hstack([mean, std])
-    return stats
+    return DecodeJob(raw_site_images, tuple(prefixes), training.image_size, images)
 
 
 def sites_to_fit(model_sites: pd.DataFrame, controls: str, final_fit: bool = False) -> pd.DataFrame:
@@ -218,7 +197,7 @@ def _run_training(job: TrainJob) -> tuple[dict, list[dict], pd.DataFrame | None]
     try:
         return run_training(job)
     except WorkerMachineDone as done:
-        from rxrx1_pipeline.tracking import end_worker_machine_run
+        from rxrx1_pipeline.runs.tracking import end_worker_machine_run
 
         end_worker_machine_run(done.node_rank, done.nnodes)
         raise

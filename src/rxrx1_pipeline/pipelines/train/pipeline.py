@@ -4,15 +4,10 @@ fine-tuned from. ``full`` puts the inputs and the models in two stages (``pipeli
 
 from kedro.pipeline import Node, Pipeline
 
-from rxrx1_pipeline.plates import CELL_LINES
+from rxrx1_pipeline.leak.plates import CELL_LINES
+from rxrx1_pipeline.storage.images import plate_statistics
 
-from .nodes import (
-    decode_sites,
-    plate_statistics,
-    select_sites,
-    train_model,
-    train_shared_model,
-)
+from .nodes import decode_sites, select_sites, train_model, train_shared_model
 
 
 def create_inputs_template() -> Pipeline:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from rxrx1_pipeline.plates import CELL_LINES, EXPERIMENT_NAME, PLATES, SITES, WELLS, cell_line_of, id_code
+from rxrx1_pipeline.leak.plates import CELL_LINES, EXPERIMENT_NAME, PLATES, SITES, WELLS, cell_line_of, id_code
 
 REQUIRED = ("experiment", "plate", "well", "site", "image_prefix")
 WELL_TYPES = ("treatment", "negative_control", "positive_control")
@@ -32,7 +32,7 @@ def check_new_sites(table: pd.DataFrame) -> pd.DataFrame:
     """The input table validated and typed, with ``cell_line`` and ``id_code`` added, sorted by well and site."""
     if not isinstance(table, pd.DataFrame):
         raise ScoringInputError(f"the scoring model takes a table (pandas DataFrame) of sites, got "
-                                f"{type(table).__name__}; build one with rxrx1_pipeline.scoring.experiment_sites")
+                                f"{type(table).__name__}; build one with rxrx1_pipeline.pipelines.score.sites.experiment_sites")
     missing = [c for c in REQUIRED if c not in table.columns]
     if missing:
         raise ScoringInputError(f"the sites table lacks column(s) {', '.join(missing)} (it needs "

@@ -22,8 +22,10 @@ from multiprocessing import get_context
 from pathlib import Path, PurePosixPath
 
 import numpy as np
+import pandas as pd
 
-from rxrx1_pipeline.plates import CHANNELS
+from rxrx1_pipeline.leak.plates import CHANNELS
+from rxrx1_pipeline.schema import ImageSource
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +134,6 @@ class PngSites:
                        for p in self.root.glob("*/*/*/*_w1.png")})
 
 
-PIXELS = ("store", "png")  # where training reads a site's pixels: the decode-once store, or its PNGs every time
-FITS = ("resize", "crop")  # how a site becomes image_size px: the whole field resized, or the centre cropped
 
 
 def centre_crop(image: np.ndarray, size: int, prefix: str = "") -> np.ndarray:
@@ -146,43 +146,36 @@ def centre_crop(image: np.ndarray, size: int, prefix: str = "") -> np.ndarray:
     return image[:, top:top + size, left:left + size]
 
 
-def read_fitted(source: PngSites, prefix: str, size: int, fit: str = "resize") -> np.ndarray:
+def read_fitted(source: PngSites, prefix: str, size: int, fit: str) -> np.ndarray:
     """One site at ``size`` px: resized from its PNGs (``fit`` resize) or their centre cropped (``crop``)."""
     if fit == "crop":
         return np.ascontiguousarray(centre_crop(source.read(prefix), size, f"{source.root}/{prefix}_w*.png"))
-    if fit != "resize":
-        raise ValueError(f"images.fit must be one of {FITS}, got {fit!r}")
     return source.read(prefix, size)
 
 
 @dataclass(frozen=True)
 class DecodeJob:
-    """What an image store should hold: these sites of ``source``, at ``image_size`` px (``fit``: resized or
-    centre-cropped). ``pixels`` "store" decodes them once into the store; "png" stores only their moments
-    and list, and every read decodes the PNGs again (:class:`PngStore`)."""
+    """What an image store should hold: these sites of the PNG tree ``pngs``, at ``image_size`` px, as the
+    ``images`` block says (``schema.ImageSource``: its ``fit`` resizes or centre-crops; its ``source`` "store"
+    decodes them once into the store, "png" stores only their moments and list, and every read decodes the
+    PNGs again: :class:`PngStore`)."""
 
-    source: PngSites
+    pngs: PngSites
     prefixes: tuple[str, ...]
     image_size: int
-    pixels: str = "store"
-    fit: str = "resize"
-
-    def __post_init__(self) -> None:
-        if self.pixels not in PIXELS or self.fit not in FITS:
-            raise ValueError(f"images.source must be one of {PIXELS} and images.fit one of {FITS}, got "
-                             f"{self.pixels!r} and {self.fit!r}")
+    images: ImageSource = ImageSource()
 
     def store_bytes(self) -> int:
         """Disk the store needs: the pixels (store only) and the per-site moments (the site list, ~40 bytes a
         site, aside)."""
-        pixels = len(self.prefixes) * N_CHANNELS * self.image_size ** 2 if self.pixels == "store" else 0
+        pixels = len(self.prefixes) * N_CHANNELS * self.image_size ** 2 if self.images.source == "store" else 0
         return pixels + len(self.prefixes) * 2 * N_CHANNELS * 8
 
     def key(self) -> dict:
         """Identifies the store's content: source, size, the sites, and a cheap fingerprint of the files
         (identity and time of each top folder, size and time of a sample of PNGs), so a regenerated or
         replaced tree is decoded again."""
-        root = Path(self.source.root).resolve()
+        root = Path(self.pngs.root).resolve()
         digest = hashlib.sha1("\n".join(self.prefixes).encode()).hexdigest()
         tops = sorted({p.split("/", 1)[0] for p in self.prefixes})
         sample = [self.prefixes[i] for i in np.linspace(0, len(self.prefixes) - 1, min(16, len(self.prefixes)),
@@ -190,7 +183,8 @@ class DecodeJob:
         stats = [_stat(root / t) for t in tops] + [_stat(root / f"{p}_w1.png") for p in sample]
         files = hashlib.sha1(json.dumps(stats).encode()).hexdigest()
         return {"source": str(root), "image_size": int(self.image_size), "sites": len(self.prefixes),
-                "prefixes_sha1": digest, "files_sha1": files, "pixels": self.pixels, "fit": self.fit}
+                "prefixes_sha1": digest, "files_sha1": files, "pixels": self.images.source,
+                "fit": self.images.fit}
 
 
 def _stat(path: Path) -> list[int]:
@@ -291,7 +285,7 @@ def _one_builder(build):
 
     @functools.wraps(build)
     def locked(path, *args, **kwargs):
-        from rxrx1_pipeline.locks import FileLock
+        from rxrx1_pipeline.runs.locks import FileLock
 
         lock = Path(path).with_name(f".{Path(path).name}.lock")
         with FileLock(lock, f"image store {path} (being built)"):
@@ -321,11 +315,11 @@ def build_store(path: Path, job: DecodeJob, workers: int | None = None, chunk: i
     staged = {**key, "chunk": chunk}
     resumable = _manifest(staging) == staged and (staging / DONE).is_file()
     if not resumable:
-        check_pngs(job.source, job.prefixes)  # every header, before anything is written
+        check_pngs(job.pngs, job.prefixes)  # every header, before anything is written
         shutil.rmtree(staging, ignore_errors=True)
         check_free_space(path, job.store_bytes())
         staging.mkdir(parents=True)
-        if job.pixels == "store":
+        if job.images.source == "store":
             np.lib.format.open_memmap(staging / IMAGES, mode="w+", dtype=np.uint8, shape=shape).flush()
         np.lib.format.open_memmap(staging / MOMENTS, mode="w+", dtype=np.float64,
                                   shape=(shape[0], 2, N_CHANNELS)).flush()
@@ -333,15 +327,15 @@ def build_store(path: Path, job: DecodeJob, workers: int | None = None, chunk: i
         (staging / MANIFEST).write_text(json.dumps(staged))
     done = np.load(staging / DONE)
     todo = np.flatnonzero(~done)
-    tasks = [(staging, job.source, job.prefixes[c * chunk:(c + 1) * chunk], int(c) * chunk, job.image_size,
-              job.fit, job.pixels == "store") for c in todo]
+    tasks = [(staging, job.pngs, job.prefixes[c * chunk:(c + 1) * chunk], int(c) * chunk, job.image_size,
+              job.images.fit, job.images.source == "store") for c in todo]
     already = shape[0] - sum(len(t[2]) for t in tasks)
     if already:
         log.info("Image store %s: resuming, %d of %d sites already decoded", path, already, shape[0])
     workers = max(1, min(workers or os.cpu_count() or 1, len(tasks)))
     pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_exit_with_parent,
                                initargs=(os.getpid(),)) if workers > 1 else None
-    what = "decoding sites" if job.pixels == "store" else "site statistics from the PNGs"
+    what = "decoding sites" if job.images.source == "store" else "site statistics from the PNGs"
     bar = tqdm(total=shape[0], initial=already, desc=f"{what} ({workers} processes)", unit="site",
                mininterval=2, disable=None)
     try:
@@ -363,20 +357,20 @@ def build_store(path: Path, job: DecodeJob, workers: int | None = None, chunk: i
     staging.rename(path)
     shutil.rmtree(old, ignore_errors=True)
     log.info("Image store %s: %d sites at %d px (%s), %.1f MiB", path, shape[0], job.image_size,
-             "decoded pixels" if job.pixels == "store" else "statistics only; pixels read from the PNGs",
+             "decoded pixels" if job.images.source == "store" else "statistics only; pixels read from the PNGs",
              ImageStore(path).nbytes() / 2**20)
 
 
 def describe_source(path: Path, job: DecodeJob) -> None:
     """Log where training will read this store's pixels from, and the disk that needs."""
     gib = job.store_bytes() / 2**30
-    how = f"{job.image_size} px, {'resized' if job.fit == 'resize' else 'centre-cropped'}"
-    if job.pixels == "store":
+    how = f"{job.image_size} px, {'resized' if job.images.fit == 'resize' else 'centre-cropped'}"
+    if job.images.source == "store":
         log.info("Images of %s: decode-once store (images.source: store) of %d sites at %s: %.2f GiB on disk "
                  "(%d bytes per site)", path, len(job.prefixes), how, gib, N_CHANNELS * job.image_size ** 2)
     else:
         log.info("Images of %s: the PNGs under %s decoded by the loader on every read (images.source: png) "
-                 "at %s; no pixel store, %.3f GiB of per-site statistics on disk", path, job.source.root,
+                 "at %s; no pixel store, %.3f GiB of per-site statistics on disk", path, job.pngs.root,
                  how, gib)
 
 
@@ -472,3 +466,22 @@ class StoreChain:
     def read(self, row: int) -> np.ndarray:
         k = int(np.searchsorted(self.offsets, row, side="right")) - 1
         return self.stores[k].read(row - self.offsets[k])
+
+
+def plate_statistics(model_sites: pd.DataFrame, site_images: ImageStore) -> pd.DataFrame:
+    """Per-plate channel mean and std over all of the plate's own sites (no labels used), from the
+    per-site moments the image store gathered while decoding."""
+    moments = site_images.moments
+    n_plates = int(model_sites["plate_index"].max()) + 1
+    plate_of = model_sites["plate_index"].to_numpy()[np.argsort(model_sites["store_row"].to_numpy())]
+    total = np.zeros((n_plates, N_CHANNELS))
+    squares = np.zeros((n_plates, N_CHANNELS))
+    np.add.at(total, plate_of, moments[:, 0])
+    np.add.at(squares, plate_of, moments[:, 1])
+    count = np.bincount(plate_of, minlength=n_plates).astype(float)
+    mean = total / count[:, None]
+    std = np.sqrt(np.maximum(squares / count[:, None] - mean**2, 0))
+    stats = model_sites[["experiment", "plate", "plate_index"]].drop_duplicates().sort_values("plate_index")
+    stats = stats.reset_index(drop=True)
+    stats[STAT_COLUMNS] = np.hstack([mean, std])
+    return stats

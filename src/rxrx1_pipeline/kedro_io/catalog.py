@@ -18,7 +18,7 @@ from typing import Any
 
 from kedro.io import DataCatalog
 
-from rxrx1_pipeline.locks import sweep_partials, unique_suffix
+from rxrx1_pipeline.runs.locks import sweep_partials, unique_suffix
 
 
 class AtomicDataCatalog(DataCatalog):

@@ -21,7 +21,9 @@ from kedro.io import AbstractDataset, DatasetError
 from kedro_datasets.pandas import ParquetDataset
 from tqdm.auto import tqdm
 
-from rxrx1_pipeline.images import (
+from rxrx1_pipeline.runs.locks import sweep_partials, unique_suffix
+from rxrx1_pipeline.storage.checkpoints import CheckpointStore, load_torch_file, save_torch_file
+from rxrx1_pipeline.storage.images import (
     CHUNK,
     DecodeJob,
     ImageStore,
@@ -30,8 +32,6 @@ from rxrx1_pipeline.images import (
     open_store,
     write_site,
 )
-from rxrx1_pipeline.locks import sweep_partials, unique_suffix
-
 
 log = logging.getLogger(__name__)
 
@@ -101,17 +101,6 @@ class _FileDataset(AbstractDataset):
     def _path(self) -> Path:
         return Path(self._filepath)  # kedro-mlflow sets it to the artefact's path when it loads the model
 
-    def _write(self, write: Callable[[Path], None]) -> None:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        sweep_partials(self._path.parent, f".{self._path.name}.", ".tmp")  # of killed runs only
-        tmp = self._path.with_name(f".{self._path.name}.{unique_suffix()}.tmp")  # never shared by two writers
-        try:
-            write(tmp)
-            tmp.replace(self._path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-
     def _exists(self) -> bool:
         return self._path.is_file()
 
@@ -148,57 +137,10 @@ class TorchCheckpointDataset(_FileDataset):
     """A plain dict of tensors and settings saved with ``torch.save``; loads with ``weights_only``."""
 
     def load(self) -> dict:
-        import torch
-
-        return torch.load(self._path, map_location="cpu", weights_only=True)
+        return load_torch_file(self._path)
 
     def save(self, data: dict) -> None:
-        import torch
-
-        self._write(lambda tmp: torch.save(data, tmp))
-
-
-class CheckpointStore:
-    """Where a training run keeps its last epoch, so an interrupted run resumes from it: one torch file,
-    replaced atomically after each epoch.
-
-    A state belongs to one ``run_id`` (a fingerprint of settings and data); another run's state is
-    ignored and then overwritten.
-    """
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self._file = TorchCheckpointDataset(filepath=str(self.path))
-
-    def latest(self) -> dict | None:
-        """The last saved training state, or None."""
-        return self._file.load() if self.path.is_file() else None
-
-    def restore(self, run_id: str, net, opt, sched, label: str) -> tuple[int, list[dict], dict]:
-        """Load the saved state of ``run_id`` into the given objects (the data order and augmentation of
-        an epoch follow from the seed and the epoch number, so no random state is kept).
-
-        Returns (epochs done, history rows, the extra state saved with it, e.g. pseudo-labels);
-        (0, [], {}) when there is no state of this run.
-        """
-        state = self.latest()
-        if state is None:
-            return 0, [], {}
-        if state.get("run_id") != run_id:
-            log.info("%s: checkpoint belongs to other settings or data; training from scratch", label)
-            return 0, [], {}
-        net.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        log.info("%s: resuming from the checkpoint after epoch %d", label, state["epoch"])
-        return state["epoch"], state["history"], state["extra"]
-
-    def save(self, run_id: str, epoch: int, net, opt, sched, history: list[dict], extra: dict | None = None
-             ) -> None:
-        """Atomically replace the last training state with the one after ``epoch``."""
-        self._file.save({"run_id": run_id, "epoch": epoch, "model": net.state_dict(),
-                         "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                         "history": history, "extra": extra or {}})
+        save_torch_file(self._path, data)
 
 
 class CheckpointStoreDataset(_FileDataset):

@@ -1,12 +1,12 @@
 """Throw-away copies of this project shrunk to a tiny synthetic run: the fixture of the end-to-end tests
-and of ``benchmarks/faults.py``. Works from a source checkout (the project root above ``src/``)."""
+and of ``benchmarks/faults.py`` and ``benchmarks/gpu_check.py``; development only (not installed)."""
 
 import shutil
 from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 TINY_SYNTHETIC = {"image_size": 16, "experiments": {"train": 3, "test": 1}, "sirnas_per_group": 4,
                   "positive_controls": 1, "missing_well_rate": 0.05}
 TINY_TRAINING = {"image_size": 16, "embedding_dim": 16, "epochs": 2, "batch_size": 32, "validate_every": 0}

@@ -3,8 +3,8 @@
 A :class:`FileLock` is a POSIX record lock on a small file that holds the holder's pid, start time, host
 and command. The kernel drops the lock when the holder dies (also on kill -9), and forked children (data
 loader workers) do not inherit it, so a lock is never stale: the file a dead run leaves behind is taken
-over, with a warning naming that run. :class:`OneRunPerOutputRoot` is the Kedro hook that holds one for the
-output root of every ``kedro run``.
+over, with a warning naming that run. ``hooks.OneRunPerOutputRoot`` holds one for the output root of every
+``kedro run``.
 
 Temporary files carry ``<pid>.<random>`` in their names (:func:`unique_suffix`); a sweep removes only those
 whose writer is gone (:func:`sweep_partials`), never another live process's.
@@ -12,7 +12,6 @@ whose writer is gone (:func:`sweep_partials`), never another live process's.
 
 from __future__ import annotations
 
-import atexit
 import json
 import logging
 import os
@@ -22,8 +21,6 @@ import sys
 import time
 import uuid
 from pathlib import Path
-
-from kedro.framework.hooks import hook_impl
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +65,20 @@ def sweep_partials(folder: Path, prefix: str, suffix: str) -> None:
             shutil.rmtree(entry, ignore_errors=True)
         else:
             entry.unlink(missing_ok=True)
+
+
+def write_atomically(path: Path, write) -> None:
+    """``write(tmp)`` to a temporary sibling of ``path`` named by this writer, then rename it over ``path``: a
+    kill at any moment leaves the old file or the new one. Partial files of writers that are gone are swept."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sweep_partials(path.parent, f".{path.name}.", ".tmp")
+    tmp = path.with_name(f".{path.name}.{unique_suffix()}.tmp")  # never shared by two writers
+    try:
+        write(tmp)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def describe_holder(holder: dict) -> str:
@@ -167,62 +178,3 @@ def _read(fd: int) -> dict:
         return json.loads(text) if text.strip() else {}
     except (OSError, ValueError):
         return {"pid": "?", "started": "?", "command": "? (unreadable lock file)"}
-
-
-class OneRunPerOutputRoot:
-    """Refuses a ``kedro run`` whose output root (``output_root`` in conf globals; also ``image_store_root``
-    when it lies outside it) another live run is writing, naming that run; takes over the lock file a dead run
-    left. The lock is taken after the parameter check and before kedro-mlflow opens a run, and released when
-    the run ends (the kernel releases it if the process is killed)."""
-
-    def __init__(self) -> None:
-        self._roots: list[Path] = []
-        self._locks: list[FileLock] = []
-
-    @hook_impl
-    def after_context_created(self, context) -> None:
-        project = Path(context.project_path)
-        globals_ = context.config_loader["globals"] if "globals" in context.config_loader.config_patterns else {}
-        output = (project / str(globals_.get("output_root", "data"))).absolute()
-        roots = [output]
-        store = globals_.get("image_store_root")
-        if store is not None:
-            store = (project / str(store)).absolute()
-            if not store.is_relative_to(output):
-                roots.append(store)
-        self._roots = roots
-
-    @hook_impl(tryfirst=True)
-    def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
-        self._release()  # a previous run of this process that ended without the after-run hooks
-        if pipeline is not None and several_machines(catalog, pipeline):
-            log.warning("training on several machines (distributed.nnodes > 1): every machine runs this pipeline "
-                        "on the shared output root, so it is not locked to one run")
-            return
-        try:
-            for root in self._roots:
-                self._locks.append(FileLock(root / RUN_LOCK, f"output root {root}").acquire())
-        except LockError:
-            self._release()
-            raise
-        atexit.register(self._release)  # a run stopped by a signal (SystemExit, KeyboardInterrupt) removes it too
-
-    @hook_impl(trylast=True)
-    def after_pipeline_run(self, run_params, run_result, pipeline, catalog) -> None:
-        self._release()
-
-    @hook_impl(trylast=True)
-    def on_pipeline_error(self, error, run_params, pipeline, catalog) -> None:
-        self._release()
-
-    def _release(self) -> None:
-        while self._locks:
-            self._locks.pop().release()
-        atexit.unregister(self._release)
-
-
-def several_machines(catalog, pipeline) -> bool:
-    """Whether a training block of ``pipeline`` runs on several machines: each runs the same `kedro run` on
-    the shared output root (README: "More than one GPU"), which a lock would refuse."""
-    names = [name for name in pipeline.datasets() if name.startswith("params:") and name.endswith("training")]
-    return any(catalog.load(name).distributed.nnodes > 1 for name in names)

@@ -1,6 +1,6 @@
 """The submission models, trained on every labelled experiment (the README's "final fit"), in one command:
 
-    python -m rxrx1_pipeline.final_fit [--env ENV]
+    python -m rxrx1_pipeline.runs.final_fit [--env ENV]
 
 First a held-out run (``kedro run --pipelines=full``; it reuses trained models whose settings are unchanged)
 fits the assignment temperature on the validation experiments. Then every model in use, the shared one and
@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rxrx1_pipeline.plates import CELL_LINES
+from rxrx1_pipeline.leak.plates import CELL_LINES
 from rxrx1_pipeline.schema import plain
 
 
