@@ -271,6 +271,7 @@ def tiny_project(dst: Path, image_size: int, epochs: int) -> Path:
     with ``epochs`` for the shared model and each cell line, and one TTA view."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests/ holds the fixtures
     from tests.tiny_project import copy_project, shrink_project
+    from rxrx1_pipeline.schema import SharedTraining
 
     project = copy_project(dst)
     shrink_project(project)
@@ -280,7 +281,7 @@ def tiny_project(dst: Path, image_size: int, epochs: int) -> Path:
     (conf / "parameters_synthetic.yml").write_text(yaml.safe_dump(synthetic))
     train = yaml.safe_load((conf / "parameters_train.yml").read_text())
     for key, block in train.items():
-        if key == "shared_training" and block["epochs"]:
+        if key == "shared_training" and SharedTraining.model_validate(block).epochs:
             block.update(image_size=image_size, epochs=epochs)
         elif key in CELL_LINES:
             block["training"].update(image_size=image_size, epochs=epochs)
@@ -452,12 +453,13 @@ def ddp_wrapper_check(arch: str, size: int, device, table: Table, steps: int = 4
 def real_schedule() -> tuple[int, int, str, int]:
     """(shared-model epochs, per-cell-line epochs, backbone, first pseudo-labelled epoch or 0) of the ``real``
     recipe (conf/real over conf/base)."""
+    from rxrx1_pipeline.schema import SharedTraining, Training
+
     base = yaml.safe_load((ROOT / "conf" / "base" / "parameters_train.yml").read_text())
     real = yaml.safe_load((ROOT / "conf" / "real" / "parameters_train.yml").read_text()) or {}
-    shared = {**base.get("shared_training", {}), **real.get("shared_training", {})}
-    line = {**base["HEPG2"]["training"], **(real.get("HEPG2", {}).get("training") or {})}
-    start = int((shared.get("pseudo_labels") or {}).get("start_epoch", 0))
-    return int(shared.get("epochs", 0)), int(line.get("epochs", 0)), str(shared.get("arch", line.get("arch"))), start
+    shared = SharedTraining.model_validate({**base["shared_training"], **real.get("shared_training", {})})
+    line = Training.model_validate({**base["HEPG2"]["training"], **(real.get("HEPG2", {}).get("training") or {})})
+    return shared.epochs, line.epochs, shared.arch, shared.pseudo_labels.start_epoch
 
 
 def project(table: Table, rates: dict[str, tuple[float, float]], loader: dict[str, float], smoke: bool) -> None:

@@ -2,9 +2,21 @@
 a run with bad parameters stops before any node runs."""
 
 import pytest
+import yaml
 from kedro.config import OmegaConfigLoader
+from pydantic import BaseModel
 
-from rxrx1_pipeline.schema import ParameterError, validate_parameters
+from rxrx1_pipeline.leak.plates import CELL_LINES
+from rxrx1_pipeline.schema import (
+    BLOCKS,
+    ImageSource,
+    Inference,
+    ParameterError,
+    Postprocess,
+    SharedTraining,
+    Training,
+    validate_parameters,
+)
 from rxrx1_pipeline.settings import CONFIG_LOADER_ARGS
 from tests.conftest import ROOT
 
@@ -134,3 +146,57 @@ def test_nodes_receive_the_values_the_check_converted(project_copy):
         training = context.catalog.load("params:HEPG2.training")
     assert isinstance(training, Training)
     assert training.final_fit is False and training.epochs == 2 and isinstance(training.epochs, int)
+
+
+def restated_defaults(value, schema, where: str) -> list[str]:
+    """Keys of a YAML block (and of its nested blocks) whose value is the schema's default."""
+    found = []
+    for key, given in (value or {}).items():
+        field = schema.model_fields.get(key)
+        if field is None:
+            continue
+        nested = field.annotation if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel) \
+            else None
+        if nested is not None and isinstance(given, dict):
+            found += restated_defaults(given, nested, f"{where}.{key}")
+        elif not field.is_required() and given == field.get_default(call_default_factory=True):
+            found.append(f"{where}.{key} = {given!r}")
+    return found
+
+
+@pytest.mark.parametrize("env", ["base", "rxrx1_shaped", "real"])
+def test_no_parameters_file_restates_a_schema_default(env):
+    """Each setting has its default in one place, the schema: a parameters file lists only what its environment
+    changes. Named recipes (top-level keys starting with ``_``, e.g. conf/real's ``_first_place``) pin every
+    setting of a published recipe and are exempt, as are the blocks that are one of them."""
+    restated = []
+    for file in sorted((ROOT / "conf" / env).glob("parameters_*.yml")):
+        content = yaml.safe_load(file.read_text()) or {}
+        recipes = [v for k, v in content.items() if k.startswith("_")]
+        for key, block in content.items():
+            if key.startswith("_") or key == "synthetic":  # the generator's block: the lab's own settings
+                continue
+            blocks = {key: block} if key in BLOCKS and key not in CELL_LINES else \
+                {f"{key}.training": (block or {}).get("training")} if key in CELL_LINES else {}
+            for name, value in blocks.items():
+                if any(value is recipe for recipe in recipes):
+                    continue
+                schema = {"shared_training": SharedTraining, "inference": Inference, "postprocess": Postprocess,
+                          "images": ImageSource}.get(name, Training)
+                restated += [f"{file.relative_to(ROOT)}: {r}" for r in restated_defaults(value, schema, name)]
+    assert not restated, "defaults restated (schema.py holds them): " + "; ".join(restated)
+
+
+def test_a_restated_default_is_found():
+    assert restated_defaults({"epochs": 6, "lr": 0.003, "augment": {"cutmix": 0.0, "mixup": 0.5}}, Training, "t") == \
+        ["t.lr = 0.003", "t.augment.cutmix = 0.0"]
+
+
+def test_the_base_environment_runs_the_schema_defaults():
+    """conf/base lists no training setting: every cell line and the shared model train with the schema's recipe."""
+    params = conf()
+    assert SharedTraining.model_validate(params["shared_training"]) == SharedTraining()
+    for cell_line in CELL_LINES:
+        assert Training.model_validate(params[cell_line]["training"]) == Training()
+    assert (SharedTraining().init, SharedTraining().batches, SharedTraining().epochs) == ("scratch", "mixed", 30)
+    assert (Training().init, Training().batches, Training().epochs) == ("shared", "per_plate", 15)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import yaml
 
+from rxrx1_pipeline.schema import SharedTraining
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY_SYNTHETIC = {"image_size": 16, "experiments": {"train": 3, "test": 1}, "sirnas_per_group": 4,
                   "positive_controls": 1, "missing_well_rate": 0.05}
@@ -32,7 +34,7 @@ def shrink_project(project: Path) -> dict:
     train = yaml.safe_load((conf / "parameters_train.yml").read_text())
     for key, block in train.items():
         if key == "shared_training":
-            block.update(TINY_TRAINING if block["epochs"] else {})
+            block.update(TINY_TRAINING if SharedTraining.model_validate(block).epochs else {})
         elif not key.startswith("_"):
             block["training"] = {**block["training"], **TINY_TRAINING}
     (conf / "parameters_train.yml").write_text(yaml.safe_dump(train))

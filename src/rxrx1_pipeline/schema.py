@@ -132,9 +132,13 @@ class LrCycle(Strict):
 
 class Training(Strict):
     """A model's training recipe (``<cell line>.training``, ``shared_training``). Every field but the
-    runtime ones (``nn.identity.RUNTIME_ONLY``) is part of the trained model's fingerprint."""
+    runtime ones (``nn.identity.RUNTIME_ONLY``) is part of the trained model's fingerprint.
 
-    valid_experiments: Any
+    The defaults below are the base recipe (the toy run's, measured in benchmarks/levers.md); an environment's
+    parameters list only what it changes (conf/real: the 1st place's recipe; conf/rxrx1_shaped: the preset)."""
+
+    # held-out labelled experiments per cell line: a count (the last N) or a list of experiment names
+    valid_experiments: Any = 1
 
     @field_validator("valid_experiments")
     @classmethod
@@ -143,7 +147,7 @@ class Training(Strict):
                 isinstance(value, list) and value and all(isinstance(v, str) for v in value))):
             raise ValueError("must be a count >= 1 (the last N labelled experiments) or a list of experiment names")
         return value
-    arch: Annotated[str, Field(min_length=1)]
+    arch: Annotated[str, Field(min_length=1)] = "test_resnet"  # any timm model name, e.g. densenet161 on a GPU
 
     @field_validator("arch")
     @classmethod
@@ -154,37 +158,46 @@ class Training(Strict):
             close = timm.list_models(f"*{value[:4]}*")[:5]
             raise ValueError(f"timm knows no model of that name{' (close: ' + ', '.join(close) + ')' if close else ''}")
         return value
+    # imagenet: timm's weights by name (downloaded once into timm's cache); or pretrained_weights: a local file
+    # (offline machines; the first convolution is adapted to 6 channels)
     pretrained: Literal["none", "imagenet"] = "none"
     pretrained_weights: str | None = None
-    image_size: Annotated[int, Field(ge=8)]
-    embedding_dim: Annotated[int, Field(ge=2)]
-    neck: Literal["linear", "mlp"] = "linear"
-    line_input: Literal["embedding", "one_hot"] = "embedding"
-    head: Literal["cosface", "arcface", "softmax", "softmax_arcface"]
-    margin: NonNegative
-    scale: Annotated[float, Field(gt=0)]
-    arcface_weight: Annotated[float, Field(ge=0, le=1)] = 0.2
+    image_size: Annotated[int, Field(ge=8)] = 64
+    embedding_dim: Annotated[int, Field(ge=2)] = 128
+    neck: Literal["linear", "mlp"] = "linear"  # mlp: BN, linear, ReLU, BN, linear, BN (the 1st place's)
+    line_input: Literal["embedding", "one_hot"] = "embedding"  # how the cell line enters the shared model
+    head: Literal["cosface", "arcface", "softmax", "softmax_arcface"] = "cosface"
+    margin: NonNegative = 0.2
+    scale: Annotated[float, Field(gt=0)] = 30.0
+    arcface_weight: Annotated[float, Field(ge=0, le=1)] = 0.2  # softmax_arcface: the ArcFace term's weight
     batchnorm_momentum: Annotated[float, Field(gt=0, le=1)] = 0.1
-    normalization: Literal["plate", "image"]
-    epochs: NonNegativeInt  # 0 only with init shared (checked below)
-    batch_size: Annotated[int, Field(ge=2)]  # BatchNorm needs two samples
+    # plate: each plate's own channel statistics | image: per-image standardisation (the 1st place's)
+    normalization: Literal["plate", "image"] = "plate"
+    epochs: NonNegativeInt = 15  # with init shared: the fine-tuning epochs; 0 only with init shared (checked below)
+    batch_size: Annotated[int, Field(ge=2)] = 64  # the global batch; BatchNorm needs two samples
     accumulate_steps: PositiveInt = 1
     optimizer: Literal["adamw", "adam"] = "adamw"
-    lr: Annotated[float, Field(gt=0, le=1)]
-    lr_cycles: list[LrCycle] = []
-    weight_decay: NonNegative
-    mixed_precision: bool = True
-    seed: int
-    validate_every: NonNegativeInt
-    num_workers: NonNegativeInt
-    channels_last: bool = False
-    controls: Literal["train_experiments", "all_experiments"] = "train_experiments"
-    final_fit: bool = False
-    device: str | None = None
-    distributed: Distributed = Distributed()
-    init: Literal["scratch", "shared"] = "scratch"
-    batches: Literal["mixed", "per_plate"] = "mixed"
-    augment: Augment = Augment()
+    lr: Annotated[float, Field(gt=0, le=1)] = 0.003
+    lr_cycles: list[LrCycle] = []  # cosine cycles of the learning rate (none: one cosine from lr to 0 at epochs)
+    weight_decay: NonNegative = 1e-4
+    mixed_precision: bool = True  # bf16 autocast on a GPU only
+    seed: int = 0
+    validate_every: NonNegativeInt = 5  # epochs between valid site-accuracy checks (0: never)
+    num_workers: NonNegativeInt = 0  # DataLoader processes reading the image store (0: the training process)
+    # NHWC convolutions: +15% train, +50% inference sites/s on the 2-core CPU (benchmarks/throughput.py)
+    channels_last: bool = True
+    # all_experiments: also fit the (publicly labelled) controls of the valid and test plates (+3.1 valid / +2.7
+    # hidden-test points on the preset: benchmarks/levers.md) | train_experiments
+    controls: Literal["train_experiments", "all_experiments"] = "all_experiments"
+    final_fit: bool = False  # true: also train on the validation experiments (the submission models; README)
+    device: str | None = None  # None: the first GPU, else the CPU; e.g. cuda:1 to train cell lines side by side
+    distributed: Distributed = Distributed()  # data-parallel training on torch's elastic launcher (README)
+    # shared: fine-tune the shared model of every cell line (shared_training.epochs >= 1; epochs 0: use it as
+    # it is) | scratch: this cell line's data only (benchmarks/levers.md)
+    init: Literal["scratch", "shared"] = "shared"
+    # per_plate: every batch from one plate (BatchNorm sees one plate: AdaBN in training) | mixed
+    batches: Literal["mixed", "per_plate"] = "per_plate"
+    augment: Augment = Augment()  # besides a random dihedral view per site
     pseudo_labels: PseudoLabels = PseudoLabels()
 
     zero_epochs_allowed: ClassVar[bool] = False  # besides with init shared
@@ -225,7 +238,12 @@ class Training(Strict):
 
 
 class SharedTraining(Training):
-    """The shared model's recipe: a training block that starts from scratch (0 epochs: no shared model)."""
+    """The shared model's recipe: a training block that starts from scratch (0 epochs: no shared model), with
+    the cell line as an input. Each cell line's held-out experiments stay held out."""
+
+    init: Literal["scratch", "shared"] = "scratch"
+    batches: Literal["mixed", "per_plate"] = "mixed"
+    epochs: NonNegativeInt = 30
 
     @model_validator(mode="after")
     def _shared(self):
@@ -242,21 +260,31 @@ class CellLine(Strict):
 
 
 class Inference(Strict):
-    tta: Annotated[int, Field(ge=1, le=8)]
+    """How inference runs; what the model is (architecture, image size, normalisation) comes from its checkpoint.
+    The two batch-effect corrections are measured in benchmarks/levers.md."""
+
+    tta: Annotated[int, Field(ge=1, le=8)] = 8  # dihedral views averaged per site
+    # mean | sum of its sites' logits make a well's (equal under a fitted temperature when all wells have 2 sites)
     sites: Literal["mean", "sum"] = "mean"
-    batch_size: PositiveInt
-    num_workers: NonNegativeInt
-    batchnorm: Literal["trained", "per_plate"]
-    plate_centring: bool
+    batch_size: PositiveInt = 64
+    num_workers: NonNegativeInt = 0  # DataLoader processes reading the image store (0: the inference process)
+    # per_plate: BatchNorm statistics re-estimated on each plate's own sites (AdaBN) | trained
+    batchnorm: Literal["trained", "per_plate"] = "per_plate"
+    plate_centring: bool = False  # move each plate's mean embedding onto the mean of all plates before the head
 
 
 class Rotation(Strict):
-    min_confidence: Annotated[float, Field(gt=0, le=1)]
+    min_confidence: Annotated[float, Field(gt=0, le=1)] = 0.99  # warn about layouts chosen with a lower posterior
 
 
 class Assignment(Strict):
-    cost: Literal["prob", "log_prob"]
-    temperature: Any
+    """The balanced assignment. Defaults chosen with benchmarks/postprocess.py (real metadata, simulated logits,
+    raw accuracy 1.5%..88%): "prob" + fitted temperature + 10 normalisation rounds had the best mean validation
+    accuracy after assignment (45.8% vs 45.6% for log_prob at T=1, the plain assignment on logits), winning in
+    the 20-80% range and within 0.1 pt above it."""
+
+    cost: Literal["prob", "log_prob"] = "prob"  # prob: maximise expected correct wells; log_prob: most likely
+    temperature: Any = "auto"  # a number, or auto: fitted on the labelled validation wells (valid_logits)
 
     @field_validator("temperature")
     @classmethod
@@ -264,8 +292,8 @@ class Assignment(Strict):
         if value != "auto" and (isinstance(value, bool) or not isinstance(value, int | float) or not value > 0):
             raise ValueError("must be 'auto' (fitted on the validation wells) or a number > 0")
         return value
-    temperature_bounds: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=2, max_length=2)]
-    sinkhorn_iterations: NonNegativeInt
+    temperature_bounds: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=2, max_length=2)] = [0.02, 50.0]
+    sinkhorn_iterations: NonNegativeInt = 10  # row/column normalisation rounds before the assignment (0: none)
 
     @model_validator(mode="after")
     def _bounds(self) -> Assignment:
@@ -276,8 +304,8 @@ class Assignment(Strict):
 
 
 class Postprocess(Strict):
-    rotation: Rotation
-    assignment: Assignment
+    rotation: Rotation = Rotation()
+    assignment: Assignment = Assignment()
 
 
 BLOCKS: dict[str, type[BaseModel]] = {"synthetic": Synthetic, "inference": Inference, "shared_training": SharedTraining,
@@ -314,31 +342,40 @@ def check_across_blocks(parameters: dict[str, Any], blocks: set[str]) -> None:
 def cross_block_problems(parameters: dict[str, Any], blocks: set[str]) -> list[str]:
     """What breaks a rule across blocks: cell lines fine-tuned from an untrained shared model, several trainings
     of one run spread over several machines, and a final fit whose assignment temperature would be fitted on
-    the wells it trained on."""
+    the wells it trained on. Each block is read as its model, defaults filled in; a block that breaks its own
+    schema is left to its own check."""
     parameters = plain(parameters)
     problems = []
-    line_training = {cl: parameters[cl].get("training", {}) for cl in CELL_LINES
-                     if cl in blocks and isinstance(parameters.get(cl), dict)}
-    shared_training = parameters.get("shared_training", {}) if "shared_training" in blocks else {}
-    shared = [cl for cl, training in line_training.items() if training.get("init") == "shared"]
-    if shared and "shared_training" in blocks and not shared_training.get("epochs"):
-        problems.append(f"{', '.join(shared)}.training.init = 'shared' with shared_training.epochs = 0: set "
+    lines = {cl: built(parameters[cl].get("training"), Training) for cl in CELL_LINES
+             if cl in blocks and isinstance(parameters.get(cl), dict)}
+    lines = {cl: training for cl, training in lines.items() if training is not None}
+    shared = built(parameters.get("shared_training"), SharedTraining) if "shared_training" in blocks else None
+    postprocess = built(parameters.get("postprocess"), Postprocess) if "postprocess" in blocks else None
+    fine_tuned = [cl for cl, training in lines.items() if training.init == "shared"]
+    if fine_tuned and shared is not None and not shared.epochs:
+        problems.append(f"{', '.join(fine_tuned)}.training.init = 'shared' with shared_training.epochs = 0: set "
                         "shared_training.epochs >= 1 to train the shared model they start from")
-    final = [f"{cl}.training.final_fit" for cl, training in line_training.items() if training.get("final_fit")]
-    final += ["shared_training.final_fit"] if shared_training.get("final_fit") else []
-    spread = [f"{name}.training" if name in line_training else name
-              for name, training in [*line_training.items(), ("shared_training", shared_training)]
-              if training.get("epochs") and training.get("distributed", {}).get("nnodes", 1) > 1]
+    trainings = [(f"{cl}.training", training) for cl, training in lines.items()]
+    trainings += [("shared_training", shared)] if shared is not None else []
+    final = [f"{name}.final_fit" for name, training in trainings if training.final_fit]
+    spread = [name for name, training in trainings if training.epochs and training.distributed.nnodes > 1]
     if len(spread) > 1:
         problems.append(f"{', '.join(spread)}.distributed.nnodes > 1 in one run: a machine without rank 0 stops "
                         "after the first of these trainings, so train one model per run on several machines, "
                         "e.g. --pipelines=train --namespaces=HUVEC (README: More than one GPU)")
-    temperature = parameters.get("postprocess", {}).get("assignment", {}).get("temperature")
-    if final and "postprocess" in blocks and temperature == "auto":
+    if final and postprocess is not None and postprocess.assignment.temperature == "auto":
         problems.append(f"{', '.join(final)} = True with postprocess.assignment.temperature = "
                         "'auto': the validation wells are then training data; set the temperature that the "
                         "held-out run fitted (its 08_reporting/postprocess_calibration.json)")
     return problems
+
+
+def built(value: Any, schema: type[Strict]) -> Strict | None:
+    """``value`` (a plain block) as the ``schema`` model Kedro builds from it, or None where it breaks the schema."""
+    try:
+        return schema.model_validate(value)
+    except ParameterError:
+        return None
 
 
 def plain(value: Any) -> Any:

@@ -23,12 +23,31 @@ def model_settings(training: Training) -> dict[str, Any]:
     return training.model_dump(exclude=set(RUNTIME_ONLY))
 
 
+# What a model saved before a setting existed was trained with: that setting's value then. Frozen here, never
+# read from today's schema defaults (which are the base recipe and may change). A new setting gets its entry
+# here, with the value that keeps the behaviour from before it (tests/nn/test_identity.py checks each has one).
+PREDATED = {
+    "pretrained": "none", "pretrained_weights": None, "neck": "linear", "line_input": "embedding",
+    "arcface_weight": 0.2, "batchnorm_momentum": 0.1, "accumulate_steps": 1, "optimizer": "adamw",
+    "lr_cycles": [], "mixed_precision": True, "channels_last": False, "controls": "train_experiments",
+    "final_fit": False, "init": "scratch", "batches": "mixed",
+    "augment": {"crop_min_area": 1.0, "zoom_min_edge": 1.0, "intensity_gain_std": 0.0, "intensity_bias_std": 0.0,
+                "mixup": 0.0, "cutmix": 0.0},
+    "pseudo_labels": {"start_epoch": 0, "initial_share": 0.0, "final_share": 0.5},
+}
+# The settings every saved model carries (those of the first checkpoint format).
+ALWAYS_SAVED = ("valid_experiments", "arch", "image_size", "embedding_dim", "head", "margin", "scale",
+                "normalization", "epochs", "batch_size", "lr", "weight_decay", "seed", "validate_every")
+
+
 def with_defaults(settings: dict) -> dict:
-    """A saved model's settings with every setting it predates at the schema's default (the value it was
-    trained with), so models saved before a setting existed still load."""
-    defaults = {name: field.get_default(call_default_factory=True) for name, field in Training.model_fields.items()
-                if not field.is_required()}
-    return {**{k: v.model_dump() if hasattr(v, "model_dump") else v for k, v in defaults.items()}, **settings}
+    """A saved model's settings with every setting it predates at the value it was trained with (``PREDATED``),
+    so models saved before a setting existed still load as they were trained."""
+    filled = {**PREDATED, **settings}
+    for name, value in PREDATED.items():  # a block saved before one of its keys existed
+        if isinstance(value, dict) and isinstance(settings.get(name), dict):
+            filled[name] = {**value, **settings[name]}
+    return filled
 
 
 def fingerprint(obj) -> str:

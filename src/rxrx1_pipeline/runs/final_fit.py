@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from rxrx1_pipeline.leak.plates import CELL_LINES
-from rxrx1_pipeline.schema import plain
+from rxrx1_pipeline.schema import SharedTraining, plain
 
 
 def final_fit_overrides(parameters: dict[str, Any], temperature: float) -> dict[str, Any]:
@@ -25,7 +25,7 @@ def final_fit_overrides(parameters: dict[str, Any], temperature: float) -> dict[
     shared model (when it is trained), and the held-out run's assignment ``temperature``."""
     parameters = plain(parameters)  # Kedro hands the blocks it checked as models
     overrides: dict[str, Any] = {}
-    if parameters.get("shared_training", {}).get("epochs"):
+    if "shared_training" in parameters and SharedTraining.model_validate(parameters["shared_training"]).epochs:
         overrides["shared_training.final_fit"] = True
     for cell_line in CELL_LINES:
         if cell_line in parameters:
