@@ -21,7 +21,9 @@ from pydantic import (
     model_validator,
 )
 
-from rxrx1_pipeline.leak.plates import CELL_LINES
+
+# The cell lines: each is a namespace of the pipelines and a block of the parameters (RxRx1's four).
+CELL_LINES = ("HEPG2", "HUVEC", "RPE", "U2OS")
 
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
@@ -303,9 +305,20 @@ class Assignment(Strict):
         return self
 
 
+class Copies(Strict):
+    """Copied experiments (``leak/copies.py``): a test experiment whose plates repeat a labelled experiment's map
+    is answered from that map (RxRx1: HUVEC-18 repeats RPE-03, plates reordered; the 1st place used it)."""
+
+    detect: bool = True
+    # a copy when its best match's binomial tail, Bonferroni-corrected over every labelled experiment and plate
+    # order tried, is below this (the chance of declaring a copy of an experiment that is none)
+    max_p_value: Annotated[float, Field(gt=0, lt=1)] = 1e-6
+
+
 class Postprocess(Strict):
     rotation: Rotation = Rotation()
     assignment: Assignment = Assignment()
+    copies: Copies = Copies()
 
 
 BLOCKS: dict[str, type[BaseModel]] = {"synthetic": Synthetic, "inference": Inference, "shared_training": SharedTraining,

@@ -34,9 +34,10 @@ CONFIG_LOADER_ARGS = {
 # Parameters are checked against the schema (schema.py) before a run starts. kedro-mlflow's own hook
 # (registered by the plugin) opens one MLflow run per `kedro run`; TrackRun logs its metrics and artifacts.
 # One run per output root: a second `kedro run` writing the same outputs is refused naming the first
-# (locks.py); registered before ValidateParameters, so it locks after the parameters passed (LIFO order).
+# (hooks.OneRunPerOutputRoot, runs/locks.py); registered before ValidateParameters, so it locks after the
+# parameters passed (LIFO order).
 # The MLflow store is checked before kedro-mlflow opens it; a tracking error after the start is reported without
-# failing the run; an interrupted run is marked KILLED in MLflow (tracking.py).
+# failing the run; an interrupted run is marked KILLED in MLflow (runs/tracking.py).
 HOOKS = (OneRunPerOutputRoot(), ValidateParameters(), TrackRun(), CheckTrackingStore(), TrackingCannotFailRuns(),
          MarkInterruptedRuns())
 # Every file a catalog dataset writes goes to a temporary name and is renamed into place.

@@ -3,13 +3,14 @@
 import numpy as np
 import pandas as pd
 
+from rxrx1_pipeline.schema import CELL_LINES  # noqa: F401 (defined with the parameter blocks, one per line)
+
 ROWS = "BCDEFGHIJKLMNO"  # the outer ring (A, P, 01, 24) of the 384-well plate is unused
 COLUMNS = range(2, 24)
 WELLS = tuple(f"{r}{c:02d}" for r in ROWS for c in COLUMNS)  # B02 .. O23, 308 wells
 PLATES = (1, 2, 3, 4)
 SITES = (1, 2)
 CHANNELS = (1, 2, 3, 4, 5, 6)
-CELL_LINES = ("HEPG2", "HUVEC", "RPE", "U2OS")
 
 
 EXPERIMENT_NAME = r"[A-Za-z0-9]+-\w+"  # CELLLINE-NN, e.g. HUVEC-17

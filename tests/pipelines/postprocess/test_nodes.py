@@ -18,12 +18,15 @@ from rxrx1_pipeline.pipelines.plate_groups.nodes import (
 )
 from rxrx1_pipeline.leak.assignment import assign_wells, fit_temperature, infer_layouts, split_logits
 from rxrx1_pipeline.pipelines.postprocess.nodes import build_submission, ensemble_logits, ensemble_splits, evaluate
+from rxrx1_pipeline.leak.copies import COLUMNS as COPY_COLUMNS
 from rxrx1_pipeline.leak.plates import layout_matrix
 from tests.builders import make_wells, simulated_logits
 from rxrx1_pipeline.schema import Assignment, Rotation
 
 ROTATION = Rotation(min_confidence=0.99)
 ASSIGN = Assignment(cost="prob", temperature="auto", temperature_bounds=[0.02, 50.0], sinkhorn_iterations=10)
+
+NO_COPIES = pd.DataFrame(columns=COPY_COLUMNS)
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +116,7 @@ def test_masking_and_assignment_known_answer():
     assert out["sirna_argmax"].tolist() == [3, 0, 2, 4, 4]
     assert out["sirna_masked"].tolist() == [0, 0, 2, 4, 4]
     assert out["sirna_assigned"].tolist() == [1, 0, 2, 5, 4]
-    sub = build_submission(out, wells)
+    sub = build_submission(out, NO_COPIES, wells)
     assert sub.columns.tolist() == ["id_code", "sirna"] and sub["sirna"].tolist() == [1, 0, 2, 5, 4]
 
 
@@ -138,10 +141,10 @@ def test_invariants_on_simulated_logits(case):
     expected = [plate_group.loc[e, f"plate_{p}"] for e, p in zip(out["experiment"], out["plate"])]
     assert (group_of.loc[out["sirna_assigned"]].to_numpy() == expected).all()
     assert (group_of.loc[out["sirna_masked"]].to_numpy() == expected).all()
-    sub = build_submission(out, wells)
+    sub = build_submission(out, NO_COPIES, wells)
     assert sub["id_code"].is_unique and len(sub) == len(test_ids)
     with pytest.raises(LogitsError, match="1 of the .* test treatment wells missing"):
-        build_submission(out.iloc[1:], wells)
+        build_submission(out.iloc[1:], NO_COPIES, wells)
 
 
 def test_temperature_fit_recovers_the_simulated_sharpness(case):

@@ -17,7 +17,8 @@ from rxrx1_pipeline.schema import Postprocess
 
 PARAMS = {"rotation": {"min_confidence": 0.99},
           "assignment": {"cost": "prob", "temperature": "auto", "temperature_bounds": [0.02, 50.0],
-                         "sinkhorn_iterations": 10}}
+                         "sinkhorn_iterations": 10},
+          "copies": {"detect": True, "max_p_value": 1e-6}}
 
 
 class Kept(MemoryDataset):

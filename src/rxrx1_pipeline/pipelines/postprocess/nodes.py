@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from rxrx1_pipeline.leak.copies import answer_from_copies
 from rxrx1_pipeline.leak.kernels import LogitsError
 from rxrx1_pipeline.leak.plates import layout_long
 
@@ -47,10 +48,13 @@ def ensemble_splits(valid_logits: pd.DataFrame, test_logits: pd.DataFrame, valid
     return ensemble_logits(valid_logits, valid_members, "valid"), ensemble_logits(test_logits, test_members, "test")
 
 
-def build_submission(test_predictions: pd.DataFrame, wells: pd.DataFrame) -> pd.DataFrame:
-    """Kaggle submission (id_code, sirna) with every test treatment well exactly once."""
+def build_submission(test_predictions: pd.DataFrame, copied_experiments: pd.DataFrame, wells: pd.DataFrame
+                     ) -> pd.DataFrame:
+    """Kaggle submission (id_code, sirna) with every test treatment well exactly once: the balanced assignment,
+    and for the wells of copied experiments the siRNA of the map they copy (``leak.copies``)."""
     test = wells.loc[(wells["split"] == "test") & (wells["well_type"] == "treatment"), ["id_code"]]
-    sub = test.merge(test_predictions[["id_code", "sirna_assigned"]], on="id_code", how="left")
+    answers = test_predictions.assign(sirna_assigned=answer_from_copies(test_predictions, copied_experiments, wells))
+    sub = test.merge(answers[["id_code", "sirna_assigned"]], on="id_code", how="left")
     missing = sub["sirna_assigned"].isna()
     if missing.any() or len(test_predictions) != len(test):
         examples = sub.loc[missing, "id_code"].head(3).tolist()

@@ -6,6 +6,7 @@ Runs on its own (`kedro run --pipelines=postprocess`): every input is a persiste
 from kedro.pipeline import Node, Pipeline
 
 from rxrx1_pipeline.leak.assignment import assign_wells, fit_temperature, infer_layouts
+from rxrx1_pipeline.leak.copies import find_copied_experiments
 
 from .nodes import build_submission, ensemble_splits, evaluate, plot_stage_accuracy
 
@@ -28,7 +29,10 @@ def create_pipeline(**kwargs) -> Pipeline:
                  f"{split}_predictions", name=f"assign_{split}_wells"),
         ]
     nodes += [
-        Node(build_submission, ["test_predictions", "wells"], "submission", name="build_submission"),
+        Node(find_copied_experiments, ["test_predictions", "wells", "params:postprocess.copies"],
+             "copied_experiments", name="find_copied_experiments"),
+        Node(build_submission, ["test_predictions", "copied_experiments", "wells"], "submission",
+             name="build_submission"),
         Node(evaluate, ["valid_predictions", "valid_plate_groups", "wells", "train_plate_groups"],
              "postprocess_metrics", name="evaluate_postprocess"),
         Node(plot_stage_accuracy, "postprocess_metrics", "postprocess_chart", name="plot_stage_accuracy"),

@@ -79,11 +79,11 @@ def example_wells(truth: pd.DataFrame, examples: int) -> pd.DataFrame:
 
 
 def build_report(postprocess_metrics: pd.DataFrame, training_curves, postprocess_chart,
-                 valid_plate_groups: pd.DataFrame, test_plate_groups: pd.DataFrame,
+                 valid_plate_groups: pd.DataFrame, test_plate_groups: pd.DataFrame, copied_experiments: pd.DataFrame,
                  valid_predictions: pd.DataFrame, wells: pd.DataFrame, sites: pd.DataFrame,
                  raw_site_images: PngSites, examples: int = 8) -> str:
-    """One HTML file that opens in any browser: the stage table, the charts, the layout posteriors,
-    per-plate accuracy after assignment and a few validation sites as colour composites."""
+    """One HTML file that opens in any browser: the stage table, the charts, the layout posteriors, the copied
+    experiments, per-plate accuracy after assignment and a few validation sites as colour composites."""
     import plotly.io as pio
 
     stages = postprocess_metrics[postprocess_metrics["level"] != "experiment"][
@@ -119,6 +119,11 @@ def build_report(postprocess_metrics: pd.DataFrame, training_curves, postprocess
         "<p>Posterior of each candidate layout (group on plates 1..4) given the model's logits; "
         "margin in nats over the runner-up.</p>",
         table(posterior, []),
+        "<h2>Copied experiments</h2>",
+        "<p>Per test experiment, the labelled experiment and plate order its calls agree with most; a copy (p below "
+        "postprocess.copies.max_p_value) is answered from that map in the submission.</p>",
+        table(copied_experiments, ["agreement", "runner_up", "chance"]) if len(copied_experiments)
+        else "<p>None looked for (postprocess.copies.detect: false).</p>",
         "<h2>Accuracy after assignment per validation plate</h2>",
         per_plate.reset_index().to_html(index=False, border=0, float_format=lambda v: f"{v:.1%}"),
         "<h2>Validation sites (site 1, RGB composite of the 6 channels)</h2>",
