@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/hidden_test.py [--env rxrx1_shaped]
 
 Prints the test well accuracy after each stage (raw argmax, masked to the plate group, balanced
-assignment = the submission) per cell line and overall, and how many test layouts were inferred right.
+assignment) per cell line and overall, how many test layouts were inferred right, and the submission's
+accuracy (the assignment with copied experiments answered from their map).
 Only synthetic data sets have a hidden truth (`synthetic_truth` in the catalog).
 """
 
@@ -48,12 +49,19 @@ def main() -> None:
     bootstrap_project(ROOT)
     with KedroSession.create(project_path=ROOT, env=args.env) as session:
         catalog = session.load_context().catalog
-        table = score(catalog.load("test_predictions"), catalog.load("synthetic_truth"),
-                      catalog.load("test_plate_groups"), catalog.load("sirna_groups"))
+        truth = catalog.load("synthetic_truth")
+        table = score(catalog.load("test_predictions"), truth, catalog.load("test_plate_groups"),
+                      catalog.load("sirna_groups"))
+        submission = catalog.load("submission").merge(truth[["id_code", "sirna"]], on="id_code", suffixes=("", "_true"))
+        copied = catalog.load("copied_experiments")
     from rxrx1_pipeline.pipelines.postprocess.nodes import format_stage_table
 
-    print("Hidden test accuracy (raw argmax / masked to plate group / balanced assignment = submission):")
+    print("Hidden test accuracy (raw argmax / masked to plate group / balanced assignment):")
     print(format_stage_table(table))
+    found = copied[copied["copied"].astype(bool)]
+    print(f"Submission (the assignment, copied experiments answered from their map: "
+          f"{', '.join(f'{e} <- {s}' for e, s in zip(found['experiment'], found['source'])) or 'none'}): "
+          f"{(submission['sirna'] == submission['sirna_true']).mean():.1%} of {len(submission)} test wells")
 
 
 if __name__ == "__main__":

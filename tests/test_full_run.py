@@ -71,6 +71,25 @@ def test_synthetic_then_full_then_postprocess(project_copy: Path):
     assert "margin" in str(notebook.cells[-1].outputs)
 
 
+def test_the_release_layout_runs_end_to_end_and_reports_the_test_accuracy(project_copy: Path):
+    """The tiny synthetic data written as the rxrx.ai release (metadata.csv with the test labels, images/) runs
+    `full` from data_root as the Kaggle folder does, and the run prints and keeps the test accuracy per stage."""
+    shrink_project(project_copy)
+    made = kedro_run(project_copy, "--pipelines=synthetic", "--params=synthetic.layout=rxrx.ai", timeout=300)
+    assert made.returncode == 0, made.stderr[-3000:]
+    raw = project_copy / "data/01_raw/synthetic"
+    assert sorted(p.name for p in raw.iterdir()) == ["images", "metadata.csv"]
+    result = kedro_run(project_copy, "--pipelines=full", timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Test accuracy from the released labels" in result.stderr + result.stdout
+    data = project_copy / "data"
+    truth = pd.read_parquet(data / "01_raw/synthetic_truth.parquet").set_index("id_code")["sirna"]
+    submission = pd.read_csv(data / "08_reporting/submission.csv")
+    overall = pd.read_parquet(data / "08_reporting/test_metrics.parquet").set_index("name").loc["all"]
+    assert overall["submission"] == (submission["sirna"] == truth[submission["id_code"]].to_numpy()).mean()
+    assert overall["wells"] == len(submission)
+
+
 def _check_tracking(project: Path, metrics: pd.DataFrame, histories: int) -> None:
     """The MLflow store holds the full run (curves, stage metrics, files) and then the postprocess run."""
     import mlflow

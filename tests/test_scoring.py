@@ -11,6 +11,8 @@ from rxrx1_pipeline.storage.images import DecodeJob, ImageStore, MemoryStore, Pn
 from rxrx1_pipeline.pipelines.score.nodes import prepare_new_sites, score_cell_line
 from rxrx1_pipeline.schema import ImageSource
 from rxrx1_pipeline.pipelines.score import ScoringInputError, check_new_sites, experiment_sites
+from tests.builders import make_wells
+from tests.storage.test_downloads import kaggle_tables, labels_of
 
 
 def _sites(**changes) -> pd.DataFrame:
@@ -67,6 +69,25 @@ def test_experiment_sites_reads_a_kaggle_folder(tmp_path: Path):
         experiment_sites(tmp_path, experiments=["HEPG2-01"])
     with pytest.raises(ScoringInputError, match="no train.csv in"):
         experiment_sites(tmp_path, split="train")
+
+
+def test_experiment_sites_reads_a_release_folder_as_the_kaggle_one(tmp_path: Path):
+    """The same experiments in the rxrx.ai layout give the same sites table, with the images under images/."""
+    from rxrx1_pipeline.kedro_io.datasets import RawMetadataDataset
+    from rxrx1_pipeline.storage.downloads import KAGGLE, RELEASE, Download, read_download
+
+    wells, _, truth = make_wells(per_group=3)
+    kaggle, release = tmp_path / "kaggle", tmp_path / "release"
+    tables = kaggle_tables(wells)
+    RawMetadataDataset(path=str(kaggle)).save(Download(KAGGLE, tables))
+    RawMetadataDataset(path=str(release)).save(Download(RELEASE, tables, labels_of(wells, truth)))
+    assert read_download(release).layout == RELEASE
+    mine, theirs = experiment_sites(release), experiment_sites(kaggle)
+    key = ["experiment", "plate", "well", "site"]
+    mine, theirs = mine.sort_values(key, ignore_index=True), theirs.sort_values(key, ignore_index=True)
+    pd.testing.assert_frame_equal(mine.drop(columns="image_prefix"), theirs.drop(columns="image_prefix"),
+                                  check_dtype=False)
+    assert (mine["image_prefix"] == theirs["image_prefix"].str.replace(str(kaggle), str(release / "images"))).all()
 
 
 def test_memory_store_moments_are_the_image_store_ones(tmp_path: Path):

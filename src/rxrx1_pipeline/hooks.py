@@ -39,7 +39,8 @@ class ValidateParameters:
 
 
 # Catalog entries whose files are attached to the MLflow run once they are written.
-ARTIFACTS = ("submission", "report", "training_curves", "postprocess_chart", "postprocess_metrics")
+ARTIFACTS = ("submission", "report", "training_curves", "postprocess_chart", "postprocess_metrics", "test_metrics",
+             "copied_experiments")
 
 
 class TrackRun:
@@ -101,8 +102,9 @@ class TrackRun:
 def tracked_metrics(dataset_name: str, data: pd.DataFrame) -> dict[str, list[tuple[int, float]]]:
     """The MLflow metrics (name -> [(step, value)]) that a saved dataset carries; empty for most datasets.
 
-    ``<cell line>.history`` gives one history per numeric column over the epochs; ``postprocess_metrics``
-    gives the raw/masked/assigned accuracy and layout correctness per cell line and overall (step 0).
+    ``<cell line>.history`` gives one history per numeric column over the epochs; ``postprocess_metrics`` (and
+    ``test_metrics``, from released test labels) the raw/masked/assigned accuracy and layout correctness per cell
+    line and overall (step 0): ``valid.<name>.<stage>`` (``test.<name>.<stage>``, with ``submission``).
     """
     history = re.fullmatch(r"(\w+)[._]history", dataset_name)  # <cell line>.history, shared_history
     if history:
@@ -110,10 +112,12 @@ def tracked_metrics(dataset_name: str, data: pd.DataFrame) -> dict[str, list[tup
         return {f"{cell_line}.{column}": [(int(epoch), float(value))
                                            for epoch, value in zip(data["epoch"], data[column]) if pd.notna(value)]
                 for column in data.columns if column != "epoch" and pd.api.types.is_numeric_dtype(data[column])}
-    if dataset_name == "postprocess_metrics":
+    if dataset_name in ("postprocess_metrics", "test_metrics"):
+        split = "valid" if dataset_name == "postprocess_metrics" else "test"
         rows = data[data["level"].isin(["cell_line", "overall"])]
-        return {f"valid.{row['name']}.{stage}": [(0, float(row[stage]))]
-                for _, row in rows.iterrows() for stage in ("raw", "masked", "assigned", "layout_correct")}
+        stages = [s for s in ("raw", "masked", "assigned", "layout_correct", "submission") if s in data]
+        return {f"{split}.{row['name']}.{stage}": [(0, float(row[stage]))]
+                for _, row in rows.iterrows() for stage in stages}
     return {}
 
 

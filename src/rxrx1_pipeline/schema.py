@@ -21,7 +21,6 @@ from pydantic import (
     model_validator,
 )
 
-
 # The cell lines: each is a namespace of the pipelines and a block of the parameters (RxRx1's four).
 CELL_LINES = ("HEPG2", "HUVEC", "RPE", "U2OS")
 
@@ -73,6 +72,9 @@ class Synthetic(Strict):
     cell_line_specificity: NonNegative
     batch_strength: NonNegative
     noise: NonNegative
+    # the folder layout written: kaggle (the competition's four CSVs) | rxrx.ai (the release's metadata.csv,
+    # with the test labels, and images/): storage/downloads.py
+    layout: Literal["kaggle", "rxrx.ai"] = "kaggle"
 
     @model_validator(mode="after")
     def _counts(self) -> Synthetic:

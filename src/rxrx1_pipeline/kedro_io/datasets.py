@@ -1,4 +1,5 @@
-"""Custom Kedro datasets: RxRx1 PNG trees, the decode-once image store, torch checkpoints.
+"""Custom Kedro datasets: RxRx1 metadata in either layout, PNG trees, the decode-once image store, torch
+checkpoints.
 
 Image datasets load as picklable readers (``images.PngSites``, ``images.ImageStore``), never as
 pixels; torch is imported lazily.
@@ -21,8 +22,18 @@ from kedro.io import AbstractDataset, DatasetError
 from kedro_datasets.pandas import ParquetDataset
 from tqdm.auto import tqdm
 
-from rxrx1_pipeline.runs.locks import sweep_partials, unique_suffix
+from rxrx1_pipeline.runs.locks import sweep_partials, unique_suffix, write_atomically
 from rxrx1_pipeline.storage.checkpoints import CheckpointStore, load_torch_file, save_torch_file
+from rxrx1_pipeline.storage.downloads import (
+    KAGGLE_FILES,
+    RELEASE,
+    RELEASE_FILE,
+    Download,
+    DownloadError,
+    detect_layout,
+    kaggle_to_release,
+    read_download,
+)
 from rxrx1_pipeline.storage.images import (
     CHUNK,
     DecodeJob,
@@ -81,6 +92,38 @@ class SiteImagesDataset(AbstractDataset[dict, PngSites]):
 
     def _exists(self) -> bool:
         return self._path.is_dir() and any(self._path.glob("*/*/*/*_w1.png"))
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": str(self._path)}
+
+
+class RawMetadataDataset(AbstractDataset[Download, Download]):
+    """The metadata of an RxRx1 folder under ``path``, in either layout (``storage.downloads``): loads as a
+    :class:`Download`. Saving one writes its layout's files (each atomically) and removes the other layout's,
+    so a folder never holds both."""
+
+    def __init__(self, *, path: str, metadata: dict | None = None):
+        self._path = Path(path)
+        self.metadata = metadata
+
+    def load(self) -> Download:
+        return read_download(self._path)
+
+    def save(self, data: Download) -> None:
+        files = ({RELEASE_FILE: kaggle_to_release(data.tables, data.test_labels)} if data.layout == RELEASE
+                 else data.tables)
+        for name in (*KAGGLE_FILES, RELEASE_FILE):
+            if name not in files:
+                (self._path / name).unlink(missing_ok=True)
+        for name, table in files.items():
+            write_atomically(self._path / name, lambda tmp, table=table: table.to_csv(tmp, index=False))
+
+    def _exists(self) -> bool:
+        try:
+            detect_layout(self._path)
+        except DownloadError:
+            return False
+        return True
 
     def _describe(self) -> dict[str, Any]:
         return {"path": str(self._path)}

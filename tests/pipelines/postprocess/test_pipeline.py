@@ -4,6 +4,7 @@ import logging
 
 import pandas as pd
 from kedro.io import DataCatalog, MemoryDataset
+from kedro.pipeline import Pipeline
 from kedro.runner import SequentialRunner
 
 from rxrx1_pipeline.pipelines.plate_groups.nodes import (
@@ -19,6 +20,9 @@ PARAMS = {"rotation": {"min_confidence": 0.99},
           "assignment": {"cost": "prob", "temperature": "auto", "temperature_bounds": [0.02, 50.0],
                          "sinkhorn_iterations": 10},
           "copies": {"detect": True, "max_p_value": 1e-6}}
+
+
+NO_LABELS = pd.DataFrame({"id_code": pd.Series(dtype=str), "sirna": pd.Series(dtype="Int64")})
 
 
 class Kept(MemoryDataset):
@@ -52,7 +56,7 @@ def small_case() -> tuple[dict, pd.DataFrame, pd.Series]:
               "plate_layouts": tabulate_plate_layouts(train_pg),
               "valid_logits": simulated_logits(valid, truth, "train", strength=2.5, seed=1),
               "test_logits": simulated_logits(wells, truth, "test", strength=2.5, seed=2),
-              "valid_logit_members": {}, "test_logit_members": {}}
+              "valid_logit_members": {}, "test_logit_members": {}, "test_labels": NO_LABELS}
     return inputs, wells, truth
 
 
@@ -99,3 +103,38 @@ def test_an_ensemble_of_weak_models_beats_one():
                                    + sum(m.set_index("id_code") for m in members["valid"].values()))
                                   .loc[together["valid_ensemble_logits"]["id_code"]].reset_index(drop=True),
                                   check_dtype=False, atol=1e-4)
+
+
+def released_labels(wells: pd.DataFrame, truth: pd.Series) -> pd.DataFrame:
+    """The test treatment wells' true siRNAs, as the rxrx.ai release carries them."""
+    test = wells.loc[(wells["split"] == "test") & (wells["well_type"] == "treatment"), "id_code"]
+    return pd.DataFrame({"id_code": test.to_numpy(), "sirna": truth[test].astype("Int64").to_numpy()})
+
+
+def test_released_test_labels_score_the_run_and_steer_nothing():
+    """With test labels the run reports the test accuracy per stage; shuffled labels change its figures and
+    nothing else: no prediction, layout, copy or submission reads them."""
+    inputs, wells, truth = small_case()
+    without = run_postprocess(inputs)
+    assert without["test_metrics"].empty
+    labels = released_labels(wells, truth)
+    scored = run_postprocess({**inputs, "test_labels": labels})
+    overall = scored["test_metrics"].set_index("name").loc["all"]
+    submission = scored["submission"].set_index("id_code")["sirna"]
+    assert overall["assigned"] == (submission == truth[submission.index].to_numpy()).mean() == overall["submission"]
+    assert overall["layout_correct"] == 1.0 and overall["raw"] < overall["masked"] <= overall["assigned"]
+    shuffled = run_postprocess({**inputs, "test_labels": labels.assign(sirna=labels["sirna"].sample(frac=1,
+                                                                                                   random_state=0).to_numpy())})
+    assert shuffled["test_metrics"].set_index("name").loc["all", "assigned"] < overall["assigned"]
+    for name in ("test_predictions", "test_plate_groups", "copied_experiments", "submission", "postprocess_metrics"):
+        pd.testing.assert_frame_equal(shuffled[name], without[name])
+        pd.testing.assert_frame_equal(scored[name], without[name])
+
+
+def test_in_the_full_pipeline_only_the_test_scoring_and_the_report_depend_on_the_test_labels():
+    from rxrx1_pipeline.pipeline_registry import register_pipelines
+
+    full = Pipeline(register_pipelines()["full"].nodes)
+    assert [n.name for n in full.nodes if "test_labels" in n.inputs] == ["postprocess.evaluate_test"]
+    assert {n.name for n in full.from_inputs("test_labels").nodes} == {"postprocess.evaluate_test",
+                                                                      "report.build_report"}

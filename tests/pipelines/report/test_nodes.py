@@ -62,7 +62,7 @@ def test_report_is_one_self_contained_html_file():
     out = run_postprocess(inputs)
     curves = plot_training_curves(*(history(0) for _ in ("shared", *CELL_LINES)))
     page = build_report(out["postprocess_metrics"], curves, out["postprocess_chart"], out["valid_plate_groups"],
-                        out["test_plate_groups"], out["copied_experiments"], out["valid_predictions"], wells, build_sites(wells), FakeSites())
+                        out["test_plate_groups"], out["copied_experiments"], out["test_metrics"], out["valid_predictions"], wells, build_sites(wells), FakeSites())
     assert page.startswith("<!doctype html>") and page.endswith("</html>")
     assert not re.search(r"<script[^>]+src=", page)  # plotly is inlined: opens offline
     assert page.count("<img src=\"data:image/png;base64,") == 8

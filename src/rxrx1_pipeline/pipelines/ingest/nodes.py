@@ -1,4 +1,4 @@
-"""Read and validate the four RxRx1 metadata CSVs; build the well and site tables."""
+"""Read and validate the RxRx1 metadata (the Kaggle folder or the rxrx.ai release); build the well and site tables."""
 
 import logging
 
@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from rxrx1_pipeline.leak.plates import CELL_LINES, CHANNELS, EXPERIMENT_NAME, PLATES, SITES, WELLS, cell_line_of
+from rxrx1_pipeline.storage.downloads import IMAGE_ROOT, KAGGLE, RELEASE_FILE, Download
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,24 @@ def validate_table(df: pd.DataFrame, file: str) -> pd.DataFrame:
         _fail(file, df, ~df["well_type"].isin(CONTROL_TYPES),
               f"unknown well_type {{well_type!r}} (expected one of {', '.join(CONTROL_TYPES)})")
     return df
+
+
+def ingest_download(raw_metadata: Download) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """The validated wells (:func:`build_wells`), the test labels where the download has them (the rxrx.ai
+    release: checked against the test treatment wells; read by nothing but the test scoring) and the folder's
+    layout (``layout``, ``image_root``: where the {train|test}/ image trees lie)."""
+    wells = build_wells(*(raw_metadata.tables[f] for f in ("train.csv", "test.csv", "train_controls.csv",
+                                                           "test_controls.csv")))
+    labels = raw_metadata.test_labels.astype({"id_code": str, "sirna": "Int64"}).reset_index(drop=True)
+    if len(labels):
+        test = wells[(wells["split"] == "test") & (wells["well_type"] == "treatment")]
+        _fail(RELEASE_FILE, labels, ~labels["id_code"].isin(test["id_code"]), "test label of a well that is no test "
+              "treatment well")
+        treatments = wells.loc[(wells["split"] == "train") & (wells["well_type"] == "treatment"), "sirna"]
+        _fail(RELEASE_FILE, labels, ~labels["sirna"].isin(treatments), "test siRNA id {sirna} is no train treatment")
+        log.info("Test labels: %d of %d test treatment wells labelled (%s); read only to score the test set",
+                 len(labels), len(test), raw_metadata.layout)
+    return wells, labels, {"layout": raw_metadata.layout, "image_root": raw_metadata.image_root}
 
 
 def build_wells(
@@ -180,14 +199,16 @@ def build_class_index(wells: pd.DataFrame) -> pd.DataFrame:
     return classes[["sirna", "class_index", "well_type"]]
 
 
-def build_sites(wells: pd.DataFrame) -> pd.DataFrame:
-    """One row per (well, site) with the six channel PNG paths relative to data_root.
+def build_sites(wells: pd.DataFrame, data_layout: dict | None = None) -> pd.DataFrame:
+    """One row per (well, site) with the six channel PNG paths relative to data_root, under the layout's image
+    root (``data_layout``, from :func:`ingest_download`; none: the Kaggle folder's).
 
     Vectorised form of ``plates.site_prefix`` + ``_w{channel}.png``.
     """
     sites = wells[["id_code", "split", "experiment", "plate", "well"]].merge(
         pd.DataFrame({"site": list(SITES)}), how="cross")
-    prefix = (sites["split"] + "/" + sites["experiment"] + "/Plate" + sites["plate"].astype(str) + "/"
+    root = (data_layout or {"image_root": IMAGE_ROOT[KAGGLE]})["image_root"]
+    prefix = (root + sites["split"] + "/" + sites["experiment"] + "/Plate" + sites["plate"].astype(str) + "/"
               + sites["well"] + "_s" + sites["site"].astype(str))
     for c in CHANNELS:
         sites[f"w{c}"] = prefix + f"_w{c}.png"

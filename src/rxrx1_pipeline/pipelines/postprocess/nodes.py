@@ -69,18 +69,51 @@ STAGES = ("raw", "masked", "assigned")
 
 def evaluate(valid_predictions: pd.DataFrame, valid_plate_groups: pd.DataFrame, wells: pd.DataFrame,
              train_plate_groups: pd.DataFrame) -> pd.DataFrame:
-    """Validation accuracy after each stage per experiment, per cell line and overall.
+    """Validation accuracy after each stage per experiment, per cell line and overall (:func:`stage_table`)."""
+    table = stage_table(valid_predictions, valid_plate_groups, wells, train_plate_groups)
+    log.info("Validation accuracy (raw argmax / masked to plate group / balanced assignment):\n%s",
+             format_stage_table(table))
+    return table
+
+
+def evaluate_test(test_predictions: pd.DataFrame, test_plate_groups: pd.DataFrame, copied_experiments: pd.DataFrame,
+                  test_labels: pd.DataFrame, wells: pd.DataFrame, sirna_groups: pd.DataFrame) -> pd.DataFrame:
+    """The test accuracy per stage from the released test labels (:func:`stage_table`; the rxrx.ai release has
+    them), with the submission's (``submission``: the assignment, copied experiments answered from their map)
+    on each row; empty without labels. Nothing else reads the labels: they score, never steer."""
+    if test_labels.empty:
+        return pd.DataFrame(columns=["level", "name", "experiments", "wells", *STAGES, "layout_correct",
+                                     "submission"])
+    labelled = wells.drop(columns="sirna").merge(test_labels, on="id_code", how="inner")
+    actual = (labelled.merge(sirna_groups, on="sirna")  # each test plate's group, in the groups found in train
+              .groupby(["experiment", "plate"], as_index=False)["group"].first())
+    predictions = test_predictions[test_predictions["id_code"].isin(labelled["id_code"])]
+    table = stage_table(predictions, test_plate_groups, labelled, actual)
+    answered = predictions.assign(sirna=answer_from_copies(predictions, copied_experiments, wells).to_numpy())
+    right = answered.merge(labelled[["id_code", "cell_line", "sirna"]], on="id_code", suffixes=("", "_true"))
+    right["hit"] = right["sirna"] == right["sirna_true"]
+    by = {"experiment": right.groupby("experiment")["hit"].mean(), "cell_line": right.groupby("cell_line")["hit"].mean(),
+          "overall": pd.Series({"all": right["hit"].mean()})}
+    table["submission"] = [float(by[level].get(name, np.nan)) for level, name in zip(table["level"], table["name"])]
+    log.info("Test accuracy from the released labels (raw / masked / assigned; the submission with copied "
+             "experiments answered):\n%s", format_stage_table(table))
+    return table
+
+
+def stage_table(predictions: pd.DataFrame, plate_groups: pd.DataFrame, wells: pd.DataFrame,
+                actual_plate_groups: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy after each stage per experiment, per cell line and overall, against ``wells``' siRNAs.
 
     Columns: level (experiment/cell_line/overall), name, experiments, wells, raw, masked, assigned
-    (fractions), layout_correct (share of experiments whose inferred layout matches train).
+    (fractions), layout_correct (share of experiments whose inferred layout matches ``actual_plate_groups``).
     """
-    df = valid_predictions.merge(wells[["id_code", "cell_line", "sirna"]], on="id_code", how="left")
+    df = predictions.merge(wells[["id_code", "cell_line", "sirna"]], on="id_code", how="left")
     truth = df["sirna"].astype("Int64").to_numpy(dtype=np.int64, na_value=-1)
     hits = pd.DataFrame({"experiment": df["experiment"], "cell_line": df["cell_line"],
                          **{s: df[f"sirna_{'argmax' if s == 'raw' else s}"].to_numpy() == truth
                             for s in STAGES}})
-    inferred = layout_long(valid_plate_groups, "inferred")
-    cmp = inferred.merge(train_plate_groups, on=["experiment", "plate"], how="inner")
+    inferred = layout_long(plate_groups, "inferred")
+    cmp = inferred.merge(actual_plate_groups, on=["experiment", "plate"], how="inner")
     correct = (cmp["inferred"] == cmp["group"]).groupby(cmp["experiment"]).all()
     per_exp = hits.groupby("experiment").agg(cell_line=("cell_line", "first"), wells=("raw", "size"),
                                              **{s: (s, "mean") for s in STAGES})
@@ -97,18 +130,18 @@ def evaluate(valid_predictions: pd.DataFrame, valid_plate_groups: pd.DataFrame, 
         + [roll_up("overall", "all", pd.Series(True, index=hits.index))]
         + [{"level": "experiment", "name": e, **r} for e, r in
            per_exp.drop(columns="cell_line").to_dict("index").items()])
-    table = table[["level", "name", "experiments", "wells", *STAGES, "layout_correct"]]
-    log.info("Validation accuracy (raw argmax / masked to plate group / balanced assignment):\n%s",
-             format_stage_table(table))
-    return table
+    return table[["level", "name", "experiments", "wells", *STAGES, "layout_correct"]]
 
 
 def format_stage_table(metrics: pd.DataFrame) -> str:
     """The per-cell-line and overall rows of ``evaluate``'s table as fixed-width text."""
-    lines = [f"{'':<10}{'wells':>7}  {'raw':>6} {'masked':>7} {'assigned':>8}  layout ok"]
+    submission = "submission" in metrics
+    lines = [f"{'':<10}{'wells':>7}  {'raw':>6} {'masked':>7} {'assigned':>8}  layout ok"
+             + ("  submission" if submission else "")]
     for _, r in metrics[metrics["level"] != "experiment"].iterrows():
         lines.append(f"{r['name']:<10}{r['wells']:>7}  {r['raw']:>6.1%} {r['masked']:>7.1%} {r['assigned']:>8.1%}"
-                     f"  {round(r['layout_correct'] * r['experiments'])}/{r['experiments']}")
+                     f"  {round(r['layout_correct'] * r['experiments'])}/{r['experiments']}"
+                     + (f"  {r['submission']:>10.1%}" if submission else ""))
     return "\n".join(lines)
 
 

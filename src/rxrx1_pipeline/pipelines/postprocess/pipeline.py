@@ -8,7 +8,7 @@ from kedro.pipeline import Node, Pipeline
 from rxrx1_pipeline.leak.assignment import assign_wells, fit_temperature, infer_layouts
 from rxrx1_pipeline.leak.copies import find_copied_experiments
 
-from .nodes import build_submission, ensemble_splits, evaluate, plot_stage_accuracy
+from .nodes import build_submission, ensemble_splits, evaluate, evaluate_test, plot_stage_accuracy
 
 SPLITS = ("valid", "test")
 
@@ -35,6 +35,8 @@ def create_pipeline(**kwargs) -> Pipeline:
              name="build_submission"),
         Node(evaluate, ["valid_predictions", "valid_plate_groups", "wells", "train_plate_groups"],
              "postprocess_metrics", name="evaluate_postprocess"),
+        Node(evaluate_test, ["test_predictions", "test_plate_groups", "copied_experiments", "test_labels", "wells",
+                             "sirna_groups"], "test_metrics", name="evaluate_test"),
         Node(plot_stage_accuracy, "postprocess_metrics", "postprocess_chart", name="plot_stage_accuracy"),
     ]
     return Pipeline(nodes)

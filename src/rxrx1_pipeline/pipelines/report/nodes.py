@@ -80,6 +80,7 @@ def example_wells(truth: pd.DataFrame, examples: int) -> pd.DataFrame:
 
 def build_report(postprocess_metrics: pd.DataFrame, training_curves, postprocess_chart,
                  valid_plate_groups: pd.DataFrame, test_plate_groups: pd.DataFrame, copied_experiments: pd.DataFrame,
+                 test_metrics: pd.DataFrame,
                  valid_predictions: pd.DataFrame, wells: pd.DataFrame, sites: pd.DataFrame,
                  raw_site_images: PngSites, examples: int = 8) -> str:
     """One HTML file that opens in any browser: the stage table, the charts, the layout posteriors, the copied
@@ -113,6 +114,12 @@ def build_report(postprocess_metrics: pd.DataFrame, training_curves, postprocess
     parts = [
         "<h2>Validation accuracy per stage</h2>",
         table(stages, ["raw", "masked", "assigned", "layout_correct"]),
+        *(["<h2>Test accuracy per stage (released test labels)</h2>",
+           "<p>The labels score the run only: no training, pseudo-label or post-processing step reads them. "
+           "<i>submission</i>: the assignment with copied experiments answered from their map.</p>",
+           table(test_metrics[test_metrics["level"] != "experiment"][
+               ["name", "wells", "raw", "masked", "assigned", "layout_correct", "submission"]],
+               ["raw", "masked", "assigned", "layout_correct", "submission"])] if len(test_metrics) else []),
         pio.to_html(postprocess_chart, full_html=False, include_plotlyjs=True),
         "<h2>Training curves</h2>", pio.to_html(training_curves, full_html=False, include_plotlyjs=False),
         "<h2>Plate layout posterior per experiment</h2>",

@@ -1,5 +1,5 @@
 """The input of the scoring model (a trained run that scores new experiments, ``pipelines/score``): one row per
-site of the new experiments, and how to build that table from a folder in the Kaggle layout.
+site of the new experiments, and how to build that table from a folder in the Kaggle or the rxrx.ai layout.
 
 Columns of the table (one row per site; the six channel images of a site are ``<image_prefix>_w1.png`` to
 ``_w6.png``, 8-bit PNGs as in RxRx1):
@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from rxrx1_pipeline.leak.plates import CELL_LINES, EXPERIMENT_NAME, PLATES, SITES, WELLS, cell_line_of, id_code
+from rxrx1_pipeline.storage.downloads import IMAGE_ROOT, KAGGLE, RELEASE, RELEASE_FILE, read_download
 
 REQUIRED = ("experiment", "plate", "well", "site", "image_prefix")
 WELL_TYPES = ("treatment", "negative_control", "positive_control")
@@ -75,18 +76,24 @@ def _refuse(sites: pd.DataFrame, bad: pd.Series, problem: str) -> None:
 
 
 def experiment_sites(folder: str | Path, split: str = "test", experiments: list[str] | None = None) -> pd.DataFrame:
-    """The sites table of the experiments in a folder of the Kaggle layout: ``{split}.csv`` (treatment wells)
-    and, when present, ``{split}_controls.csv``, with the images under ``{split}/<experiment>/Plate<p>/``;
-    ``experiments`` keeps only those."""
+    """The sites table of the experiments in a folder of the Kaggle layout (``{split}.csv`` of treatment wells
+    and, when present, ``{split}_controls.csv``, the images under ``{split}/<experiment>/Plate<p>/``) or of the
+    rxrx.ai release (``metadata.csv``, the images under ``images/{split}/...``); ``experiments`` keeps only
+    those."""
     folder = Path(folder)
     tables = []
-    for name in (f"{split}.csv", f"{split}_controls.csv"):
+    if (folder / RELEASE_FILE).is_file():
+        download = read_download(folder)
+        tables = [download.tables[f"{split}.csv"], download.tables[f"{split}_controls.csv"]]
+        tables = [t.assign(well_type=t["well_type"] if "well_type" in t else "treatment") for t in tables]
+    for name in (f"{split}.csv", f"{split}_controls.csv") if not tables else ():
         if (folder / name).is_file():
             table = pd.read_csv(folder / name)
             tables.append(table.assign(well_type=table["well_type"] if "well_type" in table else "treatment"))
         elif name == f"{split}.csv":
             raise ScoringInputError(f"no {name} in {folder}: a folder in the Kaggle layout holds {split}.csv "
-                                    f"(and {split}_controls.csv) beside the {split}/ image folder")
+                                    f"(and {split}_controls.csv) beside the {split}/ image folder, or the rxrx.ai "
+                                    f"release its {RELEASE_FILE}")
     wells = pd.concat(tables, ignore_index=True)[["experiment", "plate", "well", "well_type"]]
     if experiments is not None:
         unknown = sorted(set(experiments) - set(wells["experiment"]))
@@ -94,6 +101,7 @@ def experiment_sites(folder: str | Path, split: str = "test", experiments: list[
             raise ScoringInputError(f"experiment(s) {', '.join(unknown)} are not in {folder / f'{split}.csv'}")
         wells = wells[wells["experiment"].isin(experiments)]
     sites = wells.merge(pd.DataFrame({"site": list(SITES)}), how="cross")
-    sites["image_prefix"] = [str(folder / split / e / f"Plate{p}" / f"{w}_s{s}")
+    images = folder / IMAGE_ROOT[RELEASE if (folder / RELEASE_FILE).is_file() else KAGGLE] / split
+    sites["image_prefix"] = [str(images / e / f"Plate{p}" / f"{w}_s{s}")
                              for e, p, w, s in zip(sites["experiment"], sites["plate"], sites["well"], sites["site"])]
     return sites

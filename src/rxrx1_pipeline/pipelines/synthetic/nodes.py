@@ -17,6 +17,7 @@ import pandas as pd
 
 from rxrx1_pipeline.leak.plates import CHANNELS, PLATES, SITES, WELLS, id_code, site_prefix
 from rxrx1_pipeline.schema import Synthetic
+from rxrx1_pipeline.storage.downloads import IMAGE_ROOT, KAGGLE_FILES, RELEASE, Download
 
 log = logging.getLogger(__name__)
 
@@ -191,10 +192,20 @@ def render_sites(truth: pd.DataFrame, params: Synthetic) -> dict[str, Callable[[
     renderers = {}
     for row in truth.itertuples(index=False):
         for site in SITES:
-            prefix = site_prefix(row.split, row.experiment, row.plate, row.well, site)
+            prefix = IMAGE_ROOT[params.layout] + site_prefix(row.split, row.experiment, row.plate, row.well, site)
             renderers[prefix] = (lambda r=row, p=prefix: _render_site(
                 world, line_index[r.cell_line], int(r.sirna), r.experiment, r.plate, p))
     log.info("Rendering %d sites of %dx%d px, 6 channels", len(renderers), params.image_size,
              params.image_size)
     return renderers
 
+
+def package_download(train: pd.DataFrame, test: pd.DataFrame, train_controls: pd.DataFrame,
+                     test_controls: pd.DataFrame, truth: pd.DataFrame, params: Synthetic) -> Download:
+    """The generated metadata in the folder layout ``params.layout``; the rxrx.ai release's carries the test
+    labels, as the real release does (the Kaggle folder's does not: they stay in ``synthetic_truth``)."""
+    labels = truth.loc[(truth["split"] == "test") & (truth["well_type"] == "treatment"), ["id_code", "sirna"]]
+    tables = dict(zip(KAGGLE_FILES, (train, test, train_controls, test_controls)))
+    if params.layout != RELEASE:
+        return Download(params.layout, tables)
+    return Download(params.layout, tables, labels.astype({"sirna": "Int64"}).reset_index(drop=True))

@@ -2,14 +2,16 @@
 
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import design_plates, render_sites
+from .nodes import design_plates, package_download, render_sites
+
+TABLES = ["synthetic_train", "synthetic_test", "synthetic_train_controls", "synthetic_test_controls"]
 
 
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline([
-        Node(design_plates, "params:synthetic",
-             ["synthetic_train_csv", "synthetic_test_csv", "synthetic_train_controls_csv",
-              "synthetic_test_controls_csv", "synthetic_truth"], name="design_synthetic_plates"),
+        Node(design_plates, "params:synthetic", [*TABLES, "synthetic_truth"], name="design_synthetic_plates"),
+        Node(package_download, [*TABLES, "synthetic_truth", "params:synthetic"], "synthetic_metadata",
+             name="write_synthetic_metadata"),
         Node(render_sites, ["synthetic_truth", "params:synthetic"], "synthetic_site_images",
              name="render_synthetic_sites"),
     ])
