@@ -207,6 +207,20 @@ def test_a_regenerated_tree_is_decoded_again(tmp_path):
     assert (ImageStore(tmp_path / "store").images == 2).all()
 
 
+def test_one_png_rewritten_in_place_is_decoded_again(tmp_path):
+    """The store key covers every file it reads: fixing one PNG of one channel rebuilds the store."""
+    from PIL import Image
+
+    dataset = SiteImagesDataset(path=str(tmp_path / "pngs"), workers=1)
+    prefixes = tuple(f"train/X-01/Plate1/B{w:02d}_s1" for w in range(2, 40))
+    dataset.save({p: np.full((6, 4, 4), 1, np.uint8) for p in prefixes})
+    build_store(tmp_path / "store", DecodeJob(dataset.load(), prefixes, 4), workers=1)
+    Image.fromarray(np.full((4, 4), 9, np.uint8)).save(tmp_path / "pngs" / f"{prefixes[17]}_w4.png")
+    build_store(tmp_path / "store", DecodeJob(dataset.load(), prefixes, 4), workers=1)
+    images = ImageStore(tmp_path / "store").images
+    assert (images[17, 3] == 9).all() and (np.delete(images, 17, axis=0) == 1).all()
+
+
 def test_writing_a_site_tree_logs_its_progress_when_no_terminal_shows_a_bar(tmp_path, caplog):
     import logging
 
