@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from rxrx1_pipeline.storage.images import ImageStore, read_site
 from rxrx1_pipeline.pipelines.synthetic.nodes import render_sites
@@ -73,8 +74,15 @@ def test_synthetic_then_full_then_postprocess(project_copy: Path):
 
 def test_the_release_layout_runs_end_to_end_and_reports_the_test_accuracy(project_copy: Path):
     """The tiny synthetic data written as the rxrx.ai release (metadata.csv with the test labels, images/) runs
-    `full` from data_root as the Kaggle folder does, and the run prints and keeps the test accuracy per stage."""
+    `full` from data_root as the Kaggle folder does, and the run prints and keeps the test accuracy per stage.
+    Its test set holds no HEPG2 experiment (a lab scoring new plates of some lines): HEPG2's model still trains
+    and is validated, and the submission holds the other lines' wells."""
     shrink_project(project_copy)
+    conf = project_copy / "conf/base/parameters_synthetic.yml"
+    params = yaml.safe_load(conf.read_text())
+    params["synthetic"]["experiments"] = {line: {"train": 3, "test": 0 if line == "HEPG2" else 1}
+                                          for line in params["synthetic"]["cell_lines"]}
+    conf.write_text(yaml.safe_dump(params))
     made = kedro_run(project_copy, "--pipelines=synthetic", "--params=synthetic.layout=rxrx.ai", timeout=300)
     assert made.returncode == 0, made.stderr[-3000:]
     raw = project_copy / "data/01_raw/synthetic"
@@ -87,7 +95,10 @@ def test_the_release_layout_runs_end_to_end_and_reports_the_test_accuracy(projec
     submission = pd.read_csv(data / "08_reporting/submission.csv")
     overall = pd.read_parquet(data / "08_reporting/test_metrics.parquet").set_index("name").loc["all"]
     assert overall["submission"] == (submission["sirna"] == truth[submission["id_code"]].to_numpy()).mean()
-    assert overall["wells"] == len(submission)
+    assert overall["wells"] == len(submission) and not submission["id_code"].str.startswith("HEPG2").any()
+    assert "No test wells of cell line(s) HEPG2" in result.stderr + result.stdout
+    metrics = pd.read_parquet(data / "08_reporting/postprocess_metrics.parquet").set_index("name")
+    assert "HEPG2" in metrics.index and (data / "06_models/HEPG2/model.pt").is_file()
 
 
 def _check_tracking(project: Path, metrics: pd.DataFrame, histories: int) -> None:
