@@ -111,6 +111,7 @@ def _check_tracking(project: Path, metrics: pd.DataFrame, histories: int) -> Non
     assert [run.info.run_name for run in runs] == ["full", "postprocess"]
     full = runs[0]
     assert full.info.status == "FINISHED"
+    assert full.data.tags["mlflow.source.git.commit"] == "unknown"  # the project copy is no git checkout
     overall = metrics.set_index("name").loc["all"]
     for stage in ("raw", "masked", "assigned"):
         assert full.data.metrics[f"valid.all.{stage}"] == overall[stage]

@@ -15,6 +15,7 @@ from rxrx1_pipeline.schema import (
     Postprocess,
     SharedTraining,
     Training,
+    changed_settings,
     validate_parameters,
 )
 from rxrx1_pipeline.settings import CONFIG_LOADER_ARGS
@@ -200,3 +201,11 @@ def test_the_base_environment_runs_the_schema_defaults():
         assert Training.model_validate(params[cell_line]["training"]) == Training()
     assert (SharedTraining().init, SharedTraining().batches, SharedTraining().epochs) == ("scratch", "mixed", 30)
     assert (Training().init, Training().batches, Training().epochs) == ("shared", "per_plate", 15)
+
+
+def test_changed_settings_name_what_a_run_changed_of_the_base_recipe():
+    params = conf("rxrx1_shaped")
+    changed = changed_settings(params)
+    assert changed["HEPG2.training"] == {"image_size": 32, "epochs": 6}
+    assert changed["shared_training"] == {"image_size": 32, "epochs": 12} and changed["inference"] == {}
+    assert changed_settings(conf("real"))["shared_training"]["augment.cutmix"] == 1.0

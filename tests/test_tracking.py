@@ -66,3 +66,20 @@ def test_track_run_logs_into_the_active_run_and_is_silent_without_one(tmp_path: 
         assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["submission.csv"]
     finally:
         mlflow.set_tracking_uri(None)
+
+
+def test_a_run_records_the_commit_and_whether_the_tree_had_changes(tmp_path):
+    import subprocess
+
+    from rxrx1_pipeline.runs.tracking import source_version
+
+    assert source_version(tmp_path) == {"commit": "unknown", "dirty": None}
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "a.py").write_text("x = 1\n")
+    subprocess.run([*git, "add", "a.py"], check=True)
+    subprocess.run([*git, "commit", "-qm", "a"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert source_version(tmp_path) == {"commit": head, "dirty": False}
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert source_version(tmp_path) == {"commit": head, "dirty": True}

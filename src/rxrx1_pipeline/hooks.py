@@ -53,20 +53,43 @@ class TrackRun:
 
     def __init__(self) -> None:
         self._catalog = None
+        self._project: Path | None = None
         self._logged_blocks: set[str] = set()
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        self._project = Path(context.project_path)
 
     @hook_impl
     def after_catalog_created(self, catalog) -> None:
         self._catalog = catalog
 
     @hook_impl
-    def before_pipeline_run(self, run_params: dict) -> None:
-        """The run's ``runner`` tag as the runner's class name (Kedro hands hooks the runner object's repr)."""
+    def before_pipeline_run(self, run_params: dict, catalog) -> None:
+        """Tags the MLflow run with the code's commit (``mlflow.source.git.commit``, and ``source.dirty`` when the
+        tree had uncommitted changes) and the runner's class name (Kedro hands hooks the runner object's repr), and
+        fills ``run_identity`` (the report's header): the run, its start, environment, commit and the settings it
+        changed of the schema's defaults."""
+        from datetime import datetime, timezone
+
         import mlflow
 
+        from rxrx1_pipeline.runs.tracking import source_version
+        from rxrx1_pipeline.schema import changed_settings
+
         self._logged_blocks = set()
-        if mlflow.active_run() is not None:
-            mlflow.set_tag("runner", runner_name(str(run_params.get("runner", ""))))
+        source = source_version(self._project or Path.cwd())
+        run = mlflow.active_run()
+        if run is not None:
+            mlflow.set_tags({"runner": runner_name(str(run_params.get("runner", ""))),
+                             "mlflow.source.git.commit": source["commit"], "source.dirty": str(source["dirty"])})
+        if "run_identity" in catalog:
+            catalog.save("run_identity", {
+                "run": run.info.run_id if run is not None else f"kedro session {run_params.get('session_id')}",
+                "started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                "environment": run_params.get("env") or "local", "pipeline": run_params.get("pipeline_names")
+                or run_params.get("pipeline_name") or "__default__", **source,
+                "settings": changed_settings(catalog.load("parameters"))})
 
     @hook_impl
     def before_node_run(self, node, inputs: dict) -> None:

@@ -393,6 +393,32 @@ def built(value: Any, schema: type[Strict]) -> Strict | None:
         return None
 
 
+def changed_settings(parameters: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per block of the parameters (``HEPG2.training``, ``shared_training``, ``inference``, ...), the settings whose
+    value differs from the schema's default, flattened (``augment.cutmix``): what a run changed of the base recipe."""
+    parameters = plain(parameters)
+    blocks = {f"{cl}.training": (parameters.get(cl) or {}).get("training") for cl in CELL_LINES}
+    blocks |= {name: parameters.get(name) for name in ("shared_training", "inference", "postprocess", "images")}
+    changed = {}
+    for name, value in blocks.items():
+        schema = BLOCKS.get(name, Training) if name != "shared_training" else SharedTraining
+        model = built(value, schema) if value is not None else None
+        if model is not None:
+            mine, default = _flat(model.model_dump(mode="json")), _flat(schema().model_dump(mode="json"))
+            changed[name] = {k: v for k, v in mine.items() if v != default.get(k)}
+    return changed
+
+
+def _flat(values: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat |= _flat(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def plain(value: Any) -> Any:
     """``value`` with every parameter model in it turned back into a plain dict (Kedro puts the models it
     built into the parameters mapping)."""

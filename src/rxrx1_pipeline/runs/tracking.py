@@ -318,3 +318,18 @@ class MarkInterruptedRuns:
     def on_pipeline_error(self, error, run_params, pipeline, catalog) -> None:
         self._restore()
         atexit.unregister(self._mark_killed)
+
+
+def source_version(project: Path) -> dict:
+    """The commit the project's code is at and whether its tree has uncommitted changes (``dirty``); ``unknown``
+    and None outside a git checkout or without git."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(project), *args], capture_output=True, text=True, timeout=30,
+                              check=True).stdout.strip()
+
+    try:
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": "unknown", "dirty": None}

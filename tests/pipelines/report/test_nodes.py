@@ -61,11 +61,15 @@ def test_report_is_one_self_contained_html_file():
     inputs, wells, _ = small_case()
     out = run_postprocess(inputs)
     curves = plot_training_curves(*(history(0) for _ in ("shared", *CELL_LINES)))
-    page = build_report(out["postprocess_metrics"], curves, out["postprocess_chart"], out["valid_plate_groups"],
+    identity = {"run": "abc123", "started": "2026-12-05 08:00 UTC", "environment": "local", "pipeline": "full",
+                "commit": "0123abcd", "dirty": True, "settings": {"HEPG2.training": {"epochs": 2}, "inference": {}}}
+    page = build_report(identity, out["postprocess_metrics"], curves, out["postprocess_chart"], out["valid_plate_groups"],
                         out["test_plate_groups"], out["copied_experiments"], out["test_metrics"], out["valid_predictions"], wells, build_sites(wells), FakeSites())
     assert page.startswith("<!doctype html>") and page.endswith("</html>")
     assert not re.search(r"<script[^>]+src=", page)  # plotly is inlined: opens offline
     assert page.count("<img src=\"data:image/png;base64,") == 8
     assert "Plate layout posterior per experiment" in page and "posterior_0" in page
+    assert "Run <b>abc123</b>, started 2026-12-05 08:00 UTC, environment <b>local</b>" in page
+    assert "<code>0123abcd</code> (with uncommitted changes)" in page and "<td>HEPG2.training</td><td>epochs: 2" in page
     for experiment in out["valid_plate_groups"]["experiment"]:
         assert experiment in page

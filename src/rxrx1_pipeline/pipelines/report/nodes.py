@@ -78,7 +78,21 @@ def example_wells(truth: pd.DataFrame, examples: int) -> pd.DataFrame:
     return pd.concat(picks).head(examples)
 
 
-def build_report(postprocess_metrics: pd.DataFrame, training_curves, postprocess_chart,
+def run_header(identity: dict) -> str:
+    """The report's first lines: which run made it, when, in which environment, at which commit, and the settings
+    it changed of the schema's defaults (the base recipe), per block."""
+    dirty = {True: " (with uncommitted changes)", False: "", None: ""}[identity.get("dirty")]
+    rows = "".join(f"<tr><td>{html.escape(block)}</td><td>{html.escape(', '.join(f'{k}: {v}' for k, v in changed.items()))}"
+                   "</td></tr>" for block, changed in identity.get("settings", {}).items() if changed)
+    return (f"<p>Run <b>{html.escape(str(identity.get('run')))}</b>, started {html.escape(str(identity.get('started')))}"
+            f", environment <b>{html.escape(str(identity.get('environment')))}</b>, pipeline "
+            f"{html.escape(str(identity.get('pipeline')))}, code at commit <code>{html.escape(str(identity.get('commit')))}"
+            f"</code>{dirty}.</p><details><summary>Settings changed from the base recipe (schema.py)</summary>"
+            f"<table><tr><th>block</th><th>settings</th></tr>{rows or '<tr><td>none</td><td></td></tr>'}</table>"
+            "</details>")
+
+
+def build_report(run_identity: dict, postprocess_metrics: pd.DataFrame, training_curves, postprocess_chart,
                  valid_plate_groups: pd.DataFrame, test_plate_groups: pd.DataFrame, copied_experiments: pd.DataFrame,
                  test_metrics: pd.DataFrame,
                  valid_predictions: pd.DataFrame, wells: pd.DataFrame, sites: pd.DataFrame,
@@ -112,6 +126,7 @@ def build_report(postprocess_metrics: pd.DataFrame, training_curves, postprocess
                              formatters={c: "{:.1%}".format for c in percent})
 
     parts = [
+        run_header(run_identity),
         "<h2>Validation accuracy per stage</h2>",
         table(stages, ["raw", "masked", "assigned", "layout_correct"]),
         *(["<h2>Test accuracy per stage (released test labels)</h2>",
