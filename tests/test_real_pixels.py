@@ -116,7 +116,7 @@ def test_real_sites_end_to_end_at_512_px(real_root, ingested, tmp_path):
     assert len(classes) == 1108 + 31  # the real treatment siRNAs and controls of these experiments
     reader = PngSites(real_root)
     training = training_block()
-    per_line, total = [], 0
+    per_line, total = {}, 0
     for cell_line in CELL_LINES:
         model_sites = complete_sites(select_sites(wells, sites, classes, cell_line,
                                                   typed(select_sites, "training", training)), real_root)
@@ -129,13 +129,14 @@ def test_real_sites_end_to_end_at_512_px(real_root, ingested, tmp_path):
         np.testing.assert_array_equal(images.read(0), read_site(real_root, first))  # 512 px: no resampling
         stats = plate_statistics(model_sites, images)
         assert np.isfinite(stats.filter(like="_w").to_numpy()).all() and (stats.filter(like="std_").to_numpy() > 0).all()
-        per_line += [model_sites, images, stats]
+        per_line |= {f"{cell_line}_model_sites": model_sites, f"{cell_line}_site_images": images,
+                     f"{cell_line}_plate_stats": stats}
         total += int((model_sites["role"] == "fit").sum())
     assert total == 16  # site 1 of B02 on the 16 train plates
 
     checkpoints = CheckpointStoreDataset(filepath=str(tmp_path / "shared" / "last_epoch.pt")).load()
     model, history, _ = train_shared_model(classes, checkpoints, typed(train_shared_model, "training", training),
-                                        None, None, *per_line)
+                                        None, None, **per_line)
     assert list(history["epoch"]) == [1, 2] and np.isfinite(history["loss"]).all()
 
     import torch

@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from rxrx1_pipeline.nn.identity import NETWORK, model_settings
+from rxrx1_pipeline.nn.identity import model_settings
+from rxrx1_pipeline.schema import NETWORK
 from rxrx1_pipeline.nn.loops import cycles_lr, optimiser
 from rxrx1_pipeline.nn.network import build_network
 from rxrx1_pipeline.leak.plates import CELL_LINES

@@ -68,6 +68,13 @@ BAD = {
     "final fit with fitted temperature": (("U2OS", "training", "final_fit"), True,
                                           r"U2OS\.training\.final_fit = True with postprocess\.assignment\."
                                           r"temperature = 'auto': the validation wells are then training data"),
+    "shared model's own held-out experiments": (("shared_training", "valid_experiments"), 2,
+                                                r"shared_training: valid_experiments 2: the shared model holds out "
+                                                r"each cell line's own validation experiments"),
+    "fine-tuned line of another network": (("HUVEC", "training", "arch"), "resnet18",
+                                           r"HUVEC\.training\.arch = 'resnet18' with init: shared: a cell line "
+                                           r"fine-tuned from the shared model keeps its network \(shared_training\."
+                                           r"arch = 'test_resnet'\)"),
     "shared final fit with fitted temperature": (("shared_training", "final_fit"), True,
                                                  r"shared_training\.final_fit = True with postprocess\.assignment\."
                                                  r"temperature = 'auto'"),
@@ -101,6 +108,17 @@ def test_only_the_selected_blocks_are_checked():
     validate_parameters(params, {"postprocess", "HEPG2"})
     with pytest.raises(ParameterError, match="missing"):
         validate_parameters({"postprocess": params["postprocess"]}, {"postprocess", "HEPG2"})
+
+
+def test_an_unknown_block_is_refused_naming_its_file_and_the_nearest_block(project_copy):
+    from tests.conftest import session_run
+
+    (project_copy / "conf/base/parameters_extra.yml").write_text("inferance:\n  tta: 4\n")
+    with pytest.raises(ParameterError, match=r"inferance: no such parameter block in base/parameters_extra\.yml "
+                                             r"\(did you mean inference\?\)"):
+        session_run(project_copy, "postprocess")
+    with pytest.raises(ParameterError, match=r"inferance: no such parameter block \(did you mean inference\?\)"):
+        validate_parameters({**conf(), "inferance": {"tta": 4}})
 
 
 def test_a_run_with_bad_parameters_writes_nothing(project_copy):

@@ -12,7 +12,7 @@ import pandas as pd
 from kedro.framework.hooks import hook_impl
 
 from rxrx1_pipeline.runs.locks import RUN_LOCK, FileLock, LockError
-from rxrx1_pipeline.schema import check_across_blocks
+from rxrx1_pipeline.schema import check_across_blocks, unknown_blocks
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +25,20 @@ class ValidateParameters:
     It runs before the other hooks (``tryfirst``), so a refused run leaves no open MLflow run behind.
     """
 
+    def __init__(self) -> None:
+        self._conf: list[Path] = []
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        conf = Path(context.project_path) / "conf"
+        self._conf = [conf / "base", conf / (context.env or "local")]
+
     @hook_impl(tryfirst=True)
     def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
         names = sorted(name.removeprefix("params:") for name in pipeline.datasets() if name.startswith("params:"))
-        check_across_blocks(catalog.load("parameters"), {name.split(".")[0] for name in names})
+        parameters = catalog.load("parameters")
+        check_across_blocks(parameters, {name.split(".")[0] for name in names},
+                            where=files_defining(unknown_blocks(parameters), self._conf))
         for name in names:
             training = catalog.load(f"params:{name}") if name.endswith("training") else None
             # a model fine-tuned from the shared one starts from the shared model's weights, not timm's
@@ -36,6 +46,20 @@ class ValidateParameters:
                 from rxrx1_pipeline.nn.network import fetch_imagenet_weights
 
                 fetch_imagenet_weights(training.arch, name)
+
+
+def files_defining(keys, folders: list[Path]) -> dict[str, str]:
+    """For each top-level parameter key, the parameters files of ``folders`` that define it (comma-separated)."""
+    import yaml
+
+    found: dict[str, list[str]] = {}
+    for folder in folders:
+        for file in sorted(folder.glob("parameters*.yml")):
+            content = yaml.safe_load(file.read_text()) or {}
+            for key in keys:
+                if key in content:
+                    found.setdefault(key, []).append(f"{folder.name}/{file.name}")
+    return {key: ", ".join(files) for key, files in found.items()}
 
 
 # Catalog entries whose files are attached to the MLflow run once they are written.

@@ -241,6 +241,11 @@ class Training(Strict):
         return self
 
 
+# The settings that define a network: a cell line fine-tuned from the shared model keeps the shared model's.
+NETWORK = ("arch", "image_size", "embedding_dim", "neck", "line_input", "head", "margin", "scale", "arcface_weight",
+           "batchnorm_momentum", "normalization", "channels_last")
+
+
 class SharedTraining(Training):
     """The shared model's recipe: a training block that starts from scratch (0 epochs: no shared model), with
     the cell line as an input. Each cell line's held-out experiments stay held out."""
@@ -253,6 +258,9 @@ class SharedTraining(Training):
     def _shared(self):
         if self.init != "scratch":
             raise ValueError("the shared model starts from scratch (init: scratch)")
+        if self.valid_experiments != Training.model_fields["valid_experiments"].default:
+            raise ValueError(f"valid_experiments {self.valid_experiments!r}: the shared model holds out each cell "
+                             "line's own validation experiments (<cell line>.training.valid_experiments); set those")
         return self
 
     zero_epochs_allowed: ClassVar[bool] = True  # 0 epochs: no shared model
@@ -343,13 +351,32 @@ def validate_parameters(parameters: dict[str, Any], blocks: set[str] | None = No
         except ValidationError as exc:
             problems += problems_of(exc, block)
     problems += cross_block_problems({**parameters, **checked}, blocks if blocks is not None else set(BLOCKS))
+    problems += [f"{key}: no such parameter block" + (f" (did you mean {near}?)" if near else "")
+                 for key, near in unknown_blocks(parameters).items()]
     if problems:
         raise ParameterError("invalid parameters (nothing was run):\n  " + "\n  ".join(problems))
 
 
-def check_across_blocks(parameters: dict[str, Any], blocks: set[str]) -> None:
-    """The rules that span the named blocks (each block itself is already checked: Kedro built it)."""
-    problems = cross_block_problems(parameters, blocks)
+RUNTIME_KEYS = frozenset({"data_root"})  # top-level keys a run may be given besides the blocks (--params)
+
+
+def unknown_blocks(parameters: dict[str, Any]) -> dict[str, str | None]:
+    """Top-level keys of the parameters that no node reads (a typo of a block, a block of another project), each
+    with the nearest known block name or None; named recipes (keys starting with ``_``) are YAML anchors."""
+    import difflib
+
+    known = [*BLOCKS, *RUNTIME_KEYS]
+    return {key: next(iter(difflib.get_close_matches(key, known, n=1, cutoff=0.6)), None)
+            for key in parameters if key not in known and not key.startswith("_")}
+
+
+def check_across_blocks(parameters: dict[str, Any], blocks: set[str], where: dict[str, str] | None = None) -> None:
+    """The rules that span the named blocks (each block itself is already checked: Kedro built it), and no
+    unknown top-level key (``where`` names the file of each key, where known)."""
+    problems = [f"{key}: no such parameter block{f' in {where[key]}' if where and key in where else ''}"
+                + (f" (did you mean {near}?)" if near else f" (known: {', '.join(BLOCKS)})")
+                for key, near in unknown_blocks(parameters).items()]
+    problems += cross_block_problems(parameters, blocks)
     if problems:
         raise ParameterError("invalid parameters (nothing was run):\n  " + "\n  ".join(problems))
 
@@ -370,6 +397,13 @@ def cross_block_problems(parameters: dict[str, Any], blocks: set[str]) -> list[s
     if fine_tuned and shared is not None and not shared.epochs:
         problems.append(f"{', '.join(fine_tuned)}.training.init = 'shared' with shared_training.epochs = 0: set "
                         "shared_training.epochs >= 1 to train the shared model they start from")
+    for cl in fine_tuned if shared is not None and shared.epochs else ():
+        differ = [k for k in NETWORK if getattr(lines[cl], k) != getattr(shared, k)]
+        if differ:
+            problems.append(f"{cl}.training." + f", {cl}.training.".join(f"{k} = {getattr(lines[cl], k)!r}"
+                                                                          for k in differ)
+                            + " with init: shared: a cell line fine-tuned from the shared model keeps its network ("
+                            + ", ".join(f"shared_training.{k} = {getattr(shared, k)!r}" for k in differ) + ")")
     trainings = [(f"{cl}.training", training) for cl, training in lines.items()]
     trainings += [("shared_training", shared)] if shared is not None else []
     final = [f"{name}.final_fit" for name, training in trainings if training.final_fit]

@@ -15,7 +15,7 @@ from rxrx1_pipeline.pipelines.plate_groups.nodes import (
     discover_sirna_groups,
     tabulate_plate_layouts,
 )
-from rxrx1_pipeline.pipelines.train.nodes import train_model, train_shared_model
+from rxrx1_pipeline.pipelines.train.nodes import LINE_INPUTS, train_model, train_shared_model
 from rxrx1_pipeline.schema import ParameterError, PseudoLabels, SharedTraining, validate_parameters
 from tests.pipelines.conftest import TINY_TRAINING_VALUES, changed
 
@@ -67,7 +67,8 @@ def test_the_shared_model_learns_every_line_and_fine_tunes_per_line(prepared, ti
     classes, model_sites, images, stats = prepared
     other = model_sites.assign(cell_line="HUVEC")  # a second cell line: the same sites under another name
     shared, history, labels = train_shared_model(classes, CheckpointStore(tmp_path / "s.pt"), tiny_training, None,
-                                                 None, model_sites, images, stats, other, images, stats)
+                                                 None, **line_inputs(HEPG2=(model_sites, images, stats),
+                                                                     HUVEC=(other, images, stats)))
     assert labels.empty
     assert shared["settings"]["cell_lines"] == ["HEPG2", "HUVEC"] and list(history["epoch"]) == [1, 2]
     lines = shared["state_dict"]["line_embedding.weight"]
@@ -89,7 +90,7 @@ def test_the_shared_model_learns_every_line_and_fine_tunes_per_line(prepared, ti
                     changed(tiny_training, {"init": "shared"}), {})
     off, off_history, _ = train_shared_model(classes, CheckpointStore(tmp_path / "o.pt"),
                                           changed(tiny_training, {"epochs": 0}, SharedTraining), None, None,
-                                          model_sites, images, stats)
+                                          **line_inputs(HEPG2=(model_sites, images, stats)))
     assert off == {} and off_history.empty
 
 
@@ -178,8 +179,14 @@ def test_the_shared_model_pseudo_labels_the_wells_of_every_line(prepared, tiny_t
     training = changed(tiny_training, {"epochs": 3, "pseudo_labels": {"start_epoch": 2, "initial_share": 0.2,
                                                                       "final_share": 0.6}}, SharedTraining)
     _, history, labels = train_shared_model(classes, CheckpointStore(tmp_path / "s.pt"), training, groups, layouts,
-                                            model_sites, images, stats, other, images, stats)
+                                            **line_inputs(HEPG2=(model_sites, images, stats),
+                                                          HUVEC=(other, images, stats)))
     candidates = model_sites[model_sites["role"].isin(["valid", "test"]) & (model_sites["well_type"] == "treatment")]
     n = 2 * candidates["id_code"].nunique()  # both lines' wells
     assert list(history["pseudo_labels"]) == [0, round((0.2 + 0.4 * 0.5) * n), round(0.6 * n)]
     assert labels["id_code"].is_unique and set(labels["id_code"].str[:5]) == {"HEPG2", "HUVEC"}
+
+
+def line_inputs(**lines: tuple) -> dict:
+    """``train_shared_model``'s named inputs of each line from its (model_sites, site_images, plate_stats)."""
+    return {f"{line}_{name}": value for line, values in lines.items() for name, value in zip(LINE_INPUTS, values)}

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from rxrx1_pipeline.schema import ImageSource, SharedTraining, Training
+from rxrx1_pipeline.leak.plates import CELL_LINES
+from rxrx1_pipeline.schema import NETWORK, ImageSource, SharedTraining, Training
 from rxrx1_pipeline.storage.checkpoints import CheckpointStore
 from rxrx1_pipeline.storage.images import (
     DecodeJob,
@@ -108,7 +109,7 @@ def train_model(model_sites: pd.DataFrame, site_images: ImageStore, plate_stats:
     Returns the trained model (settings + weights), the per-epoch history and the pseudo-labels
     (id_code, class_index, sirna, epoch added).
     """
-    from rxrx1_pipeline.nn.identity import NETWORK, model_settings
+    from rxrx1_pipeline.nn.identity import model_settings
     from rxrx1_pipeline.nn.pseudo import PseudoLabeller, no_pseudo_labels
     from rxrx1_pipeline.nn.training import TrainJob
 
@@ -134,8 +135,8 @@ def train_model(model_sites: pd.DataFrame, site_images: ImageStore, plate_stats:
             return {**shared_model, "settings": settings}, no_history(), no_pseudo_labels()
     pseudo = None
     if training.pseudo_labels.start_epoch:
-        pseudo = PseudoLabeller(candidate_sites(model_sites, fit_sites), classes, sirna_groups, plate_layouts, training.pseudo_labels,
-                                training.epochs)
+        pseudo = PseudoLabeller(candidate_sites(model_sites, fit_sites), classes, sirna_groups, plate_layouts,
+                                training.pseudo_labels, training.epochs)
     job = TrainJob(label=cell_line, training=training, settings=settings, fit=fit_sites,
                    valid=sites_to_validate(model_sites), store=site_images, plate_stats=plate_stats,
                    n_classes=len(classes), checkpoints=checkpoints, initial=initial, pseudo=pseudo, start=start)
@@ -143,11 +144,15 @@ def train_model(model_sites: pd.DataFrame, site_images: ImageStore, plate_stats:
     return model, pd.DataFrame(history), no_pseudo_labels() if labelled is None else labelled
 
 
+LINE_INPUTS = ("model_sites", "site_images", "plate_stats")  # what the shared model reads of each cell line
+
+
 def train_shared_model(classes: pd.DataFrame, checkpoints: CheckpointStore, training: SharedTraining,
-                       sirna_groups: pd.DataFrame, plate_layouts: pd.DataFrame, *per_line: pd.DataFrame | ImageStore
+                       sirna_groups: pd.DataFrame, plate_layouts: pd.DataFrame, **line_inputs: pd.DataFrame | ImageStore
                        ) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
-    """One model over every cell line, with the cell line as an input (``per_line``: each line's model_sites,
-    site_images and plate_stats in turn). Each line's held-out experiments stay held out; ``training``
+    """One model over every cell line, with the cell line as an input (``line_inputs``: each line's
+    ``<line>_model_sites``, ``<line>_site_images`` and ``<line>_plate_stats``, e.g. ``HUVEC_plate_stats``, for the
+    lines of ``CELL_LINES`` present). Each line's held-out experiments stay held out; ``training``
     (``shared_training``) sets the recipe; ``epochs`` 0 trains nothing (returns an empty model). With
     ``pseudo_labels.start_epoch`` > 0 the validation and test wells of every line are pseudo-labelled
     (:func:`candidate_sites`).
@@ -164,8 +169,12 @@ def train_shared_model(classes: pd.DataFrame, checkpoints: CheckpointStore, trai
     if training.final_fit:
         log.warning("shared model: final fit: the validation experiments are trained on too, so the figures of "
                     "every model fine-tuned from it are no longer a validation")
-    triples = [per_line[i:i + 3] for i in range(0, len(per_line), 3)]
-    lines = [str(sites.loc[sites.index[0], "cell_line"]) for sites, _, _ in triples]
+    lines = [cl for cl in CELL_LINES if f"{cl}_model_sites" in line_inputs]
+    unknown = set(line_inputs) - {f"{cl}_{name}" for cl in lines for name in LINE_INPUTS}
+    if unknown or len(line_inputs) != len(lines) * len(LINE_INPUTS):
+        raise TypeError(f"train_shared_model takes <line>_{{{', '.join(LINE_INPUTS)}}} for lines of {CELL_LINES}, "
+                        f"got {sorted(line_inputs)}")
+    triples = [tuple(line_inputs[f"{cl}_{name}"] for name in LINE_INPUTS) for cl in lines]
     store = StoreChain([images for _, images, _ in triples])
     fits, valids, candidates, stats = [], [], [], []
     plate_offset = 0

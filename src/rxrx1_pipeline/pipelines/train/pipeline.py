@@ -7,7 +7,7 @@ from kedro.pipeline import Node, Pipeline
 from rxrx1_pipeline.leak.plates import CELL_LINES
 from rxrx1_pipeline.storage.images import plate_statistics
 
-from .nodes import decode_sites, select_sites, train_model, train_shared_model
+from .nodes import LINE_INPUTS, decode_sites, select_sites, train_model, train_shared_model
 
 
 def create_inputs_template() -> Pipeline:
@@ -46,10 +46,10 @@ def create_inputs_pipeline() -> Pipeline:
 def create_training_pipeline() -> Pipeline:
     """Each cell line's model and the shared model of every cell line, which reads all lines' inputs."""
     shared = Pipeline([
-        Node(train_shared_model, ["classes", "shared_checkpoints", "params:shared_training", "sirna_groups",
-                                  "plate_layouts",
-                                  *[f"{cl}.{name}" for cl in CELL_LINES
-                                    for name in ("model_sites", "site_images", "plate_stats")]],
+        Node(train_shared_model, {"classes": "classes", "checkpoints": "shared_checkpoints",
+                                  "training": "params:shared_training", "sirna_groups": "sirna_groups",
+                                  "plate_layouts": "plate_layouts",
+                                  **{f"{cl}_{name}": f"{cl}.{name}" for cl in CELL_LINES for name in LINE_INPUTS}},
              ["shared_model", "shared_history", "shared_pseudo_labels"], name="train_shared_model"),
     ])
     per_line_models = per_line(create_training_template(), {"classes", "shared_model", "sirna_groups", "plate_layouts"})
