@@ -70,6 +70,44 @@ def test_a_held_lock_is_refused_naming_its_holder_then_taken_over_once_it_died(h
     assert not lock.exists()  # released: removed
 
 
+def test_a_run_killed_with_its_lock_gets_its_mlflow_run_marked_killed_by_the_next(holder, tmp_path, caplog):
+    """kill -9 (the OOM killer) runs no exit handler: the MLflow run stays RUNNING. The run hook writes the run's
+    id into the lock file; the next run, taking the dead run's lock over, marks that MLflow run KILLED."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    dead_run = client.create_run(client.create_experiment("x")).info.run_id
+    project, loader = tmp_path / "project", Loader(globals={"output_root": "data"})
+    lock = project / "data" / RUN_LOCK
+    hook = OneRunPerOutputRoot()
+    hook.after_context_created(SimpleNamespace(project_path=project, config_loader=loader))
+    hook.before_pipeline_run({}, None, None)
+    mlflow.set_tracking_uri(uri)
+    try:
+        with mlflow.start_run(run_id=dead_run):
+            hook.before_node_run()  # the first node: the run's id goes into the lock file
+            assert dead_run in lock.read_text()
+        client.update_run(dead_run, "RUNNING")  # as a killed process leaves it
+        noted = lock.read_text()
+        held = hook._locks[0]  # the process dies: its lock goes, the file stays
+        os.close(held._fd)
+        held._fd = None
+        from rxrx1_pipeline.runs.locks import _HELD
+
+        _HELD.clear()
+        lock.write_text(noted.replace(f'"pid": {os.getpid()}', f'"pid": {dead_pid()}'))
+        with caplog.at_level(logging.WARNING):
+            OneRunPerOutputRoot.__init__(hook)
+            hook.after_context_created(SimpleNamespace(project_path=project, config_loader=loader))
+            hook.before_pipeline_run({}, None, None)
+        assert client.get_run(dead_run).info.status == "KILLED"
+        assert f"died without closing: its MLflow run {dead_run}, left RUNNING, is marked KILLED" in caplog.text
+        hook.after_pipeline_run({}, None, None, None)
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
 def test_the_same_process_cannot_take_its_own_lock_twice(tmp_path):
     with FileLock(tmp_path / "x.lock", "output root x"):
         with pytest.raises(LockError, match=r"^output root x is already in use by this process \(pid "):

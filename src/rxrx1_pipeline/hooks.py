@@ -6,6 +6,7 @@ from __future__ import annotations
 import atexit
 import logging
 import re
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -188,12 +189,14 @@ def runner_name(runner: str) -> str:
 class OneRunPerOutputRoot:
     """Refuses a ``kedro run`` whose output root (``output_root`` in conf globals; also ``image_store_root``
     when it lies outside it) another live run is writing, naming that run; takes over the lock file a dead run
-    left. The lock is taken after the parameter check and before kedro-mlflow opens a run, and released when
-    the run ends (the kernel releases it if the process is killed)."""
+    left, and marks the MLflow run of that dead run KILLED when it was left RUNNING (kill -9, the OOM killer). The
+    lock is taken after the parameter check and before kedro-mlflow opens a run, and released when the run ends
+    (the kernel releases it if the process is killed)."""
 
     def __init__(self) -> None:
         self._roots: list[Path] = []
         self._locks: list[FileLock] = []
+        self._noted = False
 
     @hook_impl
     def after_context_created(self, context) -> None:
@@ -222,6 +225,25 @@ class OneRunPerOutputRoot:
             self._release()
             raise
         atexit.register(self._release)  # a run stopped by a signal (SystemExit, KeyboardInterrupt) removes it too
+        from rxrx1_pipeline.runs.tracking import close_dead_run
+
+        for lock in self._locks:
+            closed = close_dead_run(lock.previous)
+            if closed:
+                log.warning("The run that held %s died without closing: %s", lock.what, closed)
+        self._noted = False
+
+    @hook_impl
+    def before_node_run(self) -> None:
+        """Once per run, after kedro-mlflow opened its MLflow run: the run's id goes into the lock files."""
+        if self._noted or not self._locks:
+            return
+        self._noted = True
+        mlflow = sys.modules.get("mlflow")  # imported by kedro-mlflow when it tracks
+        run = mlflow.active_run() if mlflow is not None else None
+        if run is not None:
+            for lock in self._locks:
+                lock.note(mlflow_run_id=run.info.run_id, mlflow_tracking_uri=mlflow.get_tracking_uri())
 
     @hook_impl(trylast=True)
     def after_pipeline_run(self, run_params, run_result, pipeline, catalog) -> None:

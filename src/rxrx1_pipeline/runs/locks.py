@@ -102,6 +102,7 @@ class FileLock:
     def __init__(self, path: Path, what: str):
         self.path = Path(path).absolute()
         self.what = what
+        self.previous: dict = {}  # what the file said of a dead holder whose lock this one took over
         self._fd: int | None = None
 
     def acquire(self) -> FileLock:
@@ -128,15 +129,20 @@ class FileLock:
             if same:
                 break
             os.close(fd)  # the holder released (and removed) the file between our open and lock: again
-        previous = _read(fd)
-        if previous:
+        self.previous = _read(fd)
+        if self.previous:
             log.warning("Taking over the lock of %s from a run that is no longer running: %s", self.what,
-                        describe_holder(previous))
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(_holder_info()).encode(), 0)
+                        describe_holder(self.previous))
         self._fd = fd
+        self.note()
         _HELD[self.path] = self
         return self
+
+    def note(self, **details: str) -> None:
+        """Rewrite the lock file: the holder's pid, start, host and command, and ``details`` (e.g. the MLflow run
+        it writes, so whoever takes the lock over after a kill -9 can close that run)."""
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, json.dumps({**_holder_info(), **details}).encode(), 0)
 
     def release(self) -> None:
         if self._fd is None:

@@ -333,3 +333,22 @@ def source_version(project: Path) -> dict:
         return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
     except (OSError, subprocess.SubprocessError):
         return {"commit": "unknown", "dirty": None}
+
+
+def close_dead_run(holder: dict) -> str | None:
+    """The MLflow run of a process that died holding a lock (kill -9, the OOM killer: no exit handler ran) is left
+    RUNNING: mark it KILLED. ``holder`` is what its lock file said (``mlflow_run_id``, ``mlflow_tracking_uri``);
+    returns what was done, None when there was nothing to do."""
+    run_id, uri = holder.get("mlflow_run_id"), holder.get("mlflow_tracking_uri")
+    if not run_id or not uri:
+        return None
+    try:
+        import mlflow
+
+        client = mlflow.MlflowClient(uri)
+        if client.get_run(run_id).info.status != "RUNNING":
+            return None
+        client.set_terminated(run_id, "KILLED")
+        return f"its MLflow run {run_id}, left RUNNING, is marked KILLED"
+    except Exception as exc:  # the store may be gone or elsewhere: the new run goes on
+        return f"its MLflow run {run_id} could not be marked KILLED ({type(exc).__name__}: {exc})"
