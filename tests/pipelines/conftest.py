@@ -29,7 +29,7 @@ TINY_TRAINING_VALUES = {
     "embedding_dim": 16, "head": "cosface", "margin": 0.1, "scale": 16.0, "normalization": "plate",
     "epochs": 2, "batch_size": 16, "lr": 0.003, "weight_decay": 0.0, "seed": 0, "validate_every": 1,
     "num_workers": 0, "channels_last": True, "controls": "train_experiments",
-    "final_fit": False,
+    "final_fit": False, "init": "scratch", "batches": "mixed",
 }
 TINY_TRAINING = Training.model_validate(TINY_TRAINING_VALUES)
 TINY_INFERENCE = Inference.model_validate({"tta": 2, "batch_size": 16, "num_workers": 0, "batchnorm": "trained",
