@@ -107,7 +107,7 @@ def test_incomplete_real_site_fails_naming_the_missing_file(real_root, tmp_path)
     for pixels in ("store", "png"):
         with pytest.raises(OSError, match=rf"{real_root}/{prefix}_w5\.png"):
             build_store(tmp_path / pixels, DecodeJob(PngSites(real_root), ("train/HEPG2-01/Plate1/B02_s1", prefix),
-                                                     SIZE, pixels), workers=1)
+                                                     SIZE, ImageSource(source=pixels)), workers=1)
         assert not (tmp_path / pixels).exists()
 
 
@@ -145,7 +145,9 @@ def test_real_sites_end_to_end_at_512_px(real_root, ingested, tmp_path):
     from rxrx1_pipeline.nn.loops import class_logits, embed_sites
     from rxrx1_pipeline.nn.network import normaliser_from_stats
 
-    hepg2_sites, hepg2_images, hepg2_stats = per_line[:3]  # HEPG2 comes first: its rows and plates need no offset
+    hepg2_sites, hepg2_images, hepg2_stats = (per_line[f"HEPG2_{name}"] for name in ("model_sites", "site_images",
+                                                                                       "plate_stats"))
+    # HEPG2 comes first: its rows and plates need no offset
     test = hepg2_sites[hepg2_sites["role"] == "test"].assign(line_index=0)
     assert sorted(test["id_code"]) == ["HEPG2-08_1_B02", "HEPG2-08_2_B02"]
     net = load_model(model, torch.device("cpu"))

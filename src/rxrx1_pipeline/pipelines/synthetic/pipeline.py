@@ -4,7 +4,7 @@ from kedro.pipeline import Node, Pipeline
 
 from .nodes import design_plates, package_download, render_sites
 
-TABLES = ["synthetic_train", "synthetic_test", "synthetic_train_controls", "synthetic_test_controls"]
+TABLES = [f"synthetic_{name}_table" for name in ("train", "test", "train_controls", "test_controls")]
 
 
 def create_pipeline(**kwargs) -> Pipeline:
