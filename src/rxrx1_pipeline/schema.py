@@ -174,6 +174,9 @@ class Training(Strict):
     lr_cycles: list[LrCycle] = []
     weight_decay: NonNegative
     mixed_precision: bool = True
+    # optimiser steps skipped in a row for a non-finite loss or gradient before the training stops (0: stop at the
+    # first); each skipped step is logged (nn.loops.run_epoch), as apex's loss scaling skipped fp16 overflows
+    max_skipped_steps: NonNegativeInt = 10
     seed: int
     validate_every: NonNegativeInt
     num_workers: NonNegativeInt

@@ -11,8 +11,9 @@ from typing import Any
 from rxrx1_pipeline.schema import Training
 
 # Settings that do not change the trained model, left out of its fingerprint and checkpoint (a run may
-# resume on another device or number of processes: the global batch, and so the recipe, is the same).
-RUNTIME_ONLY = frozenset({"num_workers", "device", "distributed"})
+# resume on another device or number of processes: the global batch, and so the recipe, is the same; the
+# guard against non-finite steps changes nothing while none occurs).
+RUNTIME_ONLY = frozenset({"num_workers", "device", "distributed", "max_skipped_steps"})
 # Settings that define the network: a model fine-tuned from the shared one must have the shared one's.
 NETWORK = ("arch", "image_size", "embedding_dim", "neck", "line_input", "head", "margin", "scale",
            "arcface_weight", "batchnorm_momentum", "normalization", "channels_last")
