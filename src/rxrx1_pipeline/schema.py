@@ -169,6 +169,9 @@ class Training(Strict):
     epochs: NonNegativeInt  # 0 only with init shared (checked below)
     batch_size: Annotated[int, Field(ge=2)]  # BatchNorm needs two samples
     accumulate_steps: PositiveInt = 1
+    # at most this many batches per epoch (null: every fit site, and more as pseudo-labelled sites join); a count
+    # to shrink a rehearsal or smoke run (benchmarks/real_rehearsal.py), as the schedule counts epochs
+    steps_per_epoch: PositiveInt | None = None
     optimizer: Literal["adamw", "adam"] = "adamw"
     lr: Annotated[float, Field(gt=0, le=1)]
     lr_cycles: list[LrCycle] = []

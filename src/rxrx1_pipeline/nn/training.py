@@ -84,7 +84,8 @@ def fit(job: TrainJob, rank: int = 0, world: int = 1, dev: torch.device | None =
         net.load_state_dict(job.initial)
     norm = normaliser_from_stats(training.normalization, job.plate_stats)
     plates = job.fit["plate_index"].to_numpy()
-    steps = len(FitBatches(plates, batch, seed, rank, world, by_plate))
+    cap = training.steps_per_epoch
+    steps = len(FitBatches(plates, batch, seed, rank, world, by_plate, cap))  # the schedule's batches per epoch
     opt, sched = loops.optimiser(net, training, steps_per_epoch=steps)
     start, history, extra = job.checkpoints.restore(job.run_id, net, opt, sched, label)
     if job.pseudo is not None and "pseudo" in extra:
@@ -101,7 +102,7 @@ def fit(job: TrainJob, rank: int = 0, world: int = 1, dev: torch.device | None =
             update_pseudo_labels(job, net, norm, epoch, rank, world)
         sites = job.fit if job.pseudo is None else pd.concat([job.fit, job.pseudo.labelled_sites()], ignore_index=True)
         data = fit_loader(StoreSites(job.store, sites["store_row"].to_numpy(), sites["class_index"].to_numpy()),
-                          sites["plate_index"].to_numpy(), batch, workers, seed, rank, world, by_plate)
+                          sites["plate_index"].to_numpy(), batch, workers, seed, rank, world, by_plate, cap)
         data.batch_sampler.set_epoch(epoch)
         views = torch.Generator().manual_seed(seed * 100_003 + epoch)
         lines = torch.from_numpy(sites["line_index"].to_numpy(copy=True)) if "line_index" in sites else None
