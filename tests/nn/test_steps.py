@@ -109,3 +109,50 @@ def test_a_remainder_batch_batchnorm_cannot_train_on_is_merged_or_dropped(sites,
     for rank in range(world):  # every process's share trains
         for batch in FitBatches(plates, 8, seed=0, rank=rank, world=world, by_plate=by_plate):
             norm(torch.randn(len(batch), 3))
+
+
+def _skip_run(rank: int = 0, world: int = 1, accumulate: int = 1):
+    """Two epochs of 3 global batches of 8; the loss of the 2nd batch is NaN on the last process only."""
+    data = fit_loader(_Sites(), np.zeros(24), 8, 0, seed=0, rank=rank, world=world)
+    torch.manual_seed(0)
+    step = _Step(nan={2} if rank == world - 1 else ())
+    model = torch.nn.parallel.DistributedDataParallel(step) if world > 1 else step
+    opt = torch.optim.SGD(step.parameters(), lr=0.1)
+    sched, steps = EpochSchedule(opt, lambda e: 0.1), []
+    plain = opt.step
+    opt.step = lambda *a, **k: (steps.append(step.batch), plain(*a, **k))[1]
+    training = changed(TINY_TRAINING, {"max_skipped_steps": 1, "accumulate_steps": accumulate})
+    for epoch in range(2):
+        data.batch_sampler.set_epoch(epoch)
+        run_epoch(model, lambda x, p: x.float() / 24, opt, sched, data, torch.zeros(24, dtype=torch.long),
+                  torch.Generator().manual_seed(epoch), "ddp", training, rank, world, epoch=epoch)
+    return steps, {k: v.clone() for k, v in step.state_dict().items()}
+
+
+def _skip_worker(accumulate: int):
+    import os
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    try:
+        return _skip_run(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), accumulate)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_ddp_processes_skip_a_step_together_when_one_loss_is_not_finite(accumulate):
+    """One process's NaN skips the step on every process (no process waits in an all-reduce), and the weights
+    stay those of one process skipping the same global batch."""
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=2, run_id=f"skip-{accumulate}",
+                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, start_method="spawn")
+    ranks = elastic_launch(config, _skip_worker)(accumulate)
+    steps, weights = _skip_run(accumulate=accumulate)
+    assert steps == ([1, 3, 4, 5, 6] if accumulate == 1 else [3, 5, 6])
+    for rank in (0, 1):
+        assert ranks[rank][0] == steps
+        for key, value in weights.items():
+            torch.testing.assert_close(ranks[rank][1][key], value, rtol=1e-5, atol=1e-6)
