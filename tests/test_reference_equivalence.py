@@ -218,7 +218,7 @@ def test_cutmix_box_labels_and_cell_line_as_transform_input(ref, no_cuda):
 def test_cutmix_pastes_the_same_share_of_the_image_as_the_original(ref, no_cuda):
     """Over many draws this project's :func:`mix` pastes on average the share the original pastes (about 32 %:
     the box is centred anywhere and clipped), not the unclipped (1 - lam) = 50 %."""
-    size, draws = 64, 1200
+    size, draws = 64, 500
     x = torch.zeros(2, 1, size, size)
     g = torch.Generator().manual_seed(0)
     ours = [1 - mix(x, 0.0, 1.0, g)[2] for _ in range(draws)]
@@ -231,8 +231,8 @@ def test_cutmix_pastes_the_same_share_of_the_image_as_the_original(ref, no_cuda)
             _, _, y = ref.main.transform_input(args, torch.zeros(2, 1, size, size), torch.zeros(2, 4),
                                                torch.tensor([0, 1]))
             theirs.append(y[0, 1].item())
-    assert abs(np.mean(ours) - np.mean(theirs)) < 0.04  # 4 standard errors of the difference
-    assert 0.28 < np.mean(ours) < 0.36
+    assert abs(np.mean(ours) - np.mean(theirs)) < 0.06  # 4 standard errors of the difference
+    assert 0.27 < np.mean(ours) < 0.37  # 0.5 without the clipping
 
 
 # --- one real site through the original's training transforms ----------------------------------------------

@@ -141,10 +141,9 @@ def _skip_worker(accumulate: int):
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("accumulate", [1, 2])
-def test_ddp_processes_skip_a_step_together_when_one_loss_is_not_finite(accumulate):
-    """One process's NaN skips the step on every process (no process waits in an all-reduce), and the weights
-    stay those of one process skipping the same global batch."""
+def test_ddp_processes_skip_a_step_together_when_one_loss_is_not_finite(accumulate: int = 2):
+    """One process's NaN (on the batch that steps, after a no_sync batch) skips the step on every process (no
+    process waits in an all-reduce), and the weights stay those of one process skipping the same global batch."""
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=2, run_id=f"skip-{accumulate}",
