@@ -180,11 +180,17 @@ class Training(Strict):
     epochs: NonNegativeInt = 15  # with init shared: the fine-tuning epochs; 0 only with init shared (checked below)
     batch_size: Annotated[int, Field(ge=2)] = 64  # the global batch; BatchNorm needs two samples
     accumulate_steps: PositiveInt = 1
+    # at most this many batches per epoch (null: every fit site, and more as pseudo-labelled sites join); a count
+    # to shrink a rehearsal or smoke run (benchmarks/real_rehearsal.py), as the schedule counts epochs
+    steps_per_epoch: PositiveInt | None = None
     optimizer: Literal["adamw", "adam"] = "adamw"
     lr: Annotated[float, Field(gt=0, le=1)] = 0.003
     lr_cycles: list[LrCycle] = []  # cosine cycles of the learning rate (none: one cosine from lr to 0 at epochs)
     weight_decay: NonNegative = 1e-4
     mixed_precision: bool = True  # bf16 autocast on a GPU only
+    # optimiser steps skipped in a row for a non-finite loss or gradient before the training stops (0: stop at the
+    # first); each skipped step is logged (nn.loops.run_epoch), as apex's loss scaling skipped fp16 overflows
+    max_skipped_steps: NonNegativeInt = 10
     seed: int = 0
     validate_every: NonNegativeInt = 5  # epochs between valid site-accuracy checks (0: never)
     num_workers: NonNegativeInt = 0  # DataLoader processes reading the image store (0: the training process)

@@ -76,13 +76,13 @@ def test_cosine_cycles_restart_and_adam_takes_the_weight_decay():
                                        "lr_cycles": [c.model_dump() for c in cycles]})
     opt, sched = optimiser(torch.nn.Linear(2, 2), training, steps_per_epoch=4)
     assert type(opt) is torch.optim.Adam and opt.param_groups[0]["weight_decay"] == 1e-5
-    rates = []
-    for _ in range(4 * 91):
-        rates.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
+    rates = [sched.at(s / 4) for s in range(4 * 91)]  # batch i of 4 in an epoch: epoch + i / 4
     assert rates[0] == pytest.approx(1.5e-4) and rates[4 * 45] == pytest.approx(0.75e-4)
-    assert rates[4 * 90] == pytest.approx(6e-5)
+    assert rates[4 * 90] == pytest.approx(6e-5) and opt.param_groups[0]["lr"] == rates[-1]
+    sched.at(7.25)
+    restored = optimiser(torch.nn.Linear(2, 2), training, steps_per_epoch=4)[1]
+    restored.load_state_dict(sched.state_dict())  # a resumed run continues at the saved position
+    assert restored.opt.param_groups[0]["lr"] == pytest.approx(cycles_lr(7.25, cycles))
 
 
 class _Flat(torch.utils.data.Dataset):

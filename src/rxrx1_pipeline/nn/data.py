@@ -45,10 +45,11 @@ class FitBatches(torch.utils.data.Sampler):
     Global batches of ``batch_size`` sites are drawn from (seed, epoch) alone: a permutation of all sites
     (``by_plate`` False), or each plate's sites permuted and cut into batches, the batches shuffled (every
     batch from one plate, so BatchNorm sees one plate's statistics while training: AdaBN at training time).
-    ``steps`` keeps the epoch at that many batches when the dataset grows (pseudo-labels), so the
-    learning-rate schedule and the epoch's cost stay those of the labelled sites. Rank r of ``world``
-    takes positions r, r + world, ... of each global batch (a batch that does not split is padded by
-    repeating its first sites), so the global batches are the same for any number of processes.
+    An epoch grows with the dataset (pseudo-labelled sites), as the 1st place's; ``steps`` (None: all) would
+    cut it at that many batches. Rank r of ``world`` takes positions r, r + world, ... of each global batch (a
+    batch that does not split is padded by repeating its first sites), so the global batches are the same for
+    any number of processes. A remainder batch that would leave a process one site, on which BatchNorm
+    cannot train, is merged into the batch before it (of its plate); alone (a plate of one site) it is dropped.
     """
 
     def __init__(self, plates: np.ndarray, batch_size: int, seed: int, rank: int = 0, world: int = 1,
@@ -67,15 +68,25 @@ class FitBatches(torch.utils.data.Sampler):
         g = torch.Generator().manual_seed(self.seed + self.epoch)
         if not self.by_plate:
             order = torch.randperm(len(self.plates), generator=g).numpy()
-            batches = np.split(order, range(self.batch_size, len(order), self.batch_size))
+            batches = self._cut(order)
         else:
             batches = []
             for plate in np.unique(self.plates):
                 mine = np.flatnonzero(self.plates == plate)
                 mine = mine[torch.randperm(len(mine), generator=g).numpy()]
-                batches += np.split(mine, range(self.batch_size, len(mine), self.batch_size))
+                batches += self._cut(mine)
             batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
         return batches[:self.steps] if self.steps else batches
+
+    def _cut(self, order: np.ndarray) -> list[np.ndarray]:
+        """``order`` cut into batches of ``batch_size``; a last batch of at most ``world`` sites (one or none
+        per process: BatchNorm cannot train on it) merged into the one before, or dropped when alone."""
+        batches = np.split(order, range(self.batch_size, len(order), self.batch_size))
+        if batches and len(batches[-1]) <= self.world:
+            last = batches.pop()
+            if batches:
+                batches[-1] = np.concatenate([batches[-1], last])
+        return batches
 
     def __iter__(self):
         for batch in self.global_batches():

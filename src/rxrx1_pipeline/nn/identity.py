@@ -11,8 +11,9 @@ from typing import Any
 from rxrx1_pipeline.schema import Training
 
 # Settings that do not change the trained model, left out of its fingerprint and checkpoint (a run may
-# resume on another device or number of processes: the global batch, and so the recipe, is the same).
-RUNTIME_ONLY = frozenset({"num_workers", "device", "distributed"})
+# resume on another device or number of processes: the global batch, and so the recipe, is the same; the
+# guard against non-finite steps changes nothing while none occurs).
+RUNTIME_ONLY = frozenset({"num_workers", "device", "distributed", "max_skipped_steps"})
 
 
 def model_settings(training: Training) -> dict[str, Any]:
@@ -27,7 +28,7 @@ PREDATED = {
     "pretrained": "none", "pretrained_weights": None, "neck": "linear", "line_input": "embedding",
     "arcface_weight": 0.2, "batchnorm_momentum": 0.1, "accumulate_steps": 1, "optimizer": "adamw",
     "lr_cycles": [], "mixed_precision": True, "channels_last": False, "controls": "train_experiments",
-    "final_fit": False, "init": "scratch", "batches": "mixed",
+    "final_fit": False, "init": "scratch", "batches": "mixed", "steps_per_epoch": None,
     "augment": {"crop_min_area": 1.0, "zoom_min_edge": 1.0, "intensity_gain_std": 0.0, "intensity_bias_std": 0.0,
                 "mixup": 0.0, "cutmix": 0.0},
     "pseudo_labels": {"start_epoch": 0, "initial_share": 0.0, "final_share": 0.5},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import threading
 
@@ -14,6 +15,8 @@ from tqdm.auto import tqdm
 from rxrx1_pipeline.nn.data import StoreSites, dihedral, loader, random_dihedral, views_of_step
 from rxrx1_pipeline.schema import Training
 from rxrx1_pipeline.storage.images import ImageStore
+
+log = logging.getLogger(__name__)
 
 
 def device(name: str | None = None) -> torch.device:
@@ -53,49 +56,88 @@ def cycles_lr(epoch: float, cycles) -> float:
     return 0.0
 
 
+class EpochSchedule:
+    """The learning rate as a function of the (fractional) epoch, set before each batch: batch i of an epoch of
+    n batches trains at ``rate(epoch + i / n)``, as the 1st place's ``get_learning_rate(args, epoch + i /
+    len(train_loader))``, so an epoch that grows (pseudo-labelled sites) keeps the schedule in epochs."""
+
+    def __init__(self, opt: torch.optim.Optimizer, rate):
+        self.opt, self.rate, self.position = opt, rate, 0.0
+        self.skipped_in_row = 0  # optimiser steps skipped in a row for a non-finite loss or gradient
+        self.at(0.0)
+
+    def at(self, epoch: float) -> float:
+        """Set every parameter group's rate to that of fractional ``epoch``; returns it."""
+        self.position = float(epoch)
+        lr = self.rate(self.position)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def state_dict(self) -> dict:
+        return {"position": self.position, "skipped_in_row": self.skipped_in_row}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.skipped_in_row = int(state.get("skipped_in_row", 0))
+        self.at(state["position"])
+
+
 def optimiser(net: torch.nn.Module, training: Training, steps_per_epoch: int):
-    """The optimiser (AdamW, or Adam with L2 weight decay) and its per-batch schedule: with ``lr_cycles``
-    the cosine cycles of :func:`cycles_lr`, else a linear warm-up over half an epoch to ``lr``, then cosine
-    decay to 0 at the last epoch."""
+    """The optimiser (AdamW, or Adam with L2 weight decay) and its schedule (:class:`EpochSchedule`): with
+    ``lr_cycles`` the cosine cycles of :func:`cycles_lr`, else a linear warm-up over half an epoch to ``lr``,
+    then cosine decay to 0 at the last epoch (``steps_per_epoch``: the batches of an epoch of the labelled
+    sites, which the warm-up and decay count in)."""
     kind = torch.optim.AdamW if training.optimizer == "adamw" else torch.optim.Adam
-    if training.lr_cycles:  # the schedule gives the rate itself: a base rate of 1
-        opt = kind(net.parameters(), lr=1.0, weight_decay=training.weight_decay)
-        cycles = training.lr_cycles
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cycles_lr(s / steps_per_epoch, cycles))
-        return opt, sched
-    total = training.epochs * steps_per_epoch
     opt = kind(net.parameters(), lr=training.lr, weight_decay=training.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, total, max(1, steps_per_epoch // 2)))
-    return opt, sched
+    if training.lr_cycles:
+        cycles = training.lr_cycles
+        return opt, EpochSchedule(opt, lambda epoch: cycles_lr(epoch, cycles))
+    total, warmup = training.epochs * steps_per_epoch, max(1, steps_per_epoch // 2)
+    return opt, EpochSchedule(opt, lambda epoch: training.lr * cosine_lr(epoch * steps_per_epoch, total, warmup))
+
+
+def _finite_gradients(module: torch.nn.Module) -> bool:
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    return not grads or bool(torch.stack([g.isfinite().all() for g in grads]).all())
 
 
 def run_epoch(step, norm, opt, sched, data, plates: torch.Tensor, views: torch.Generator, desc: str,
-              training: Training, rank: int = 0, world: int = 1, lines: torch.Tensor | None = None
-              ) -> tuple[float, float]:
+              training: Training, rank: int = 0, world: int = 1, lines: torch.Tensor | None = None,
+              epoch: int | None = None) -> tuple[float, float]:
     """One pass over this rank's share of the fit sites, each in its drawn dihedral view (bf16 autocast
     on CUDA with ``training.mixed_precision``). ``step(x, labels, lines, partner, lam)`` returns (logits,
     loss); with ``world`` > 1 it is the DDP-wrapped model. ``plates`` and ``lines`` (cell line per site, or
     None) are indexed by dataset position. ``training.augment`` adds zooms (before normalisation), random
     resized crops, intensity jitter and mixup / CutMix (:mod:`rxrx1_pipeline.nn.augment`). The weights take
     a step every ``training.accumulate_steps`` batches (and after the last), on the mean of their gradients
-    (DDP all-reduces them then only); the schedule counts batches, so the rate of a step is that of its
-    group's first batch.
+    (DDP all-reduces them then only). Batch i of n trains at the rate of ``epoch + i / n`` (``sched``: an
+    :class:`EpochSchedule`; ``epoch`` defaults to the batch sampler's); a step takes the rate of its group's
+    last batch, as the 1st place's loop.
 
-    Returns mean loss and site accuracy over all ranks. A non-finite loss on any rank stops every rank
-    (FloatingPointError) before the weights take that step.
+    A non-finite loss (on any rank) or gradient skips that step (its group's gradients are dropped) and says
+    so; more than ``training.max_skipped_steps`` skipped steps in a row stop every rank (FloatingPointError)
+    before the weights take a non-finite step. Returns mean loss and site accuracy over all ranks (of the
+    batches with a finite loss).
     """
     import torch.distributed as dist
 
     from rxrx1_pipeline.nn.augment import jitter_intensity, mix, resized_crop, zoom
 
     augment, accumulate = training.augment, training.accumulate_steps
+    limit = training.max_skipped_steps
+    by_epoch = isinstance(sched, EpochSchedule)
+    if epoch is None:
+        epoch = getattr(data.batch_sampler, "epoch", 0)
     dev = next(step.parameters()).device
     step.train()
     totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, seen
     bar = tqdm(data, desc=desc, unit="batch", leave=False, mininterval=1, disable=True if rank else None)
     opt.zero_grad(set_to_none=True)
-    pending = 0  # batches whose gradients wait for the next step
+    pending, poisoned, skipped = 0, None, 0  # batches waiting for the next step; why that step is skipped
+    in_row = sched.skipped_in_row if by_epoch else 0
     for batch, (images, idx, labels) in enumerate(bar, start=1):
+        if by_epoch:
+            sched.at(epoch + (batch - 1) / len(data))
         x = random_dihedral(images, views_of_step(views, len(images), rank, world)).to(dev, non_blocking=True)
         x = norm(zoom(x.float(), augment.zoom_min_edge, views), plates[idx])
         x = resized_crop(x, augment.crop_min_area, views)
@@ -111,28 +153,49 @@ def run_epoch(step, norm, opt, sched, data, plates: torch.Tensor, views: torch.G
                 logits, loss = step(x, labels, line, partner, lam)
             value = loss.item()
             finite = math.isfinite(value)
-            if world > 1:  # every rank must stop together, or the others would wait in the all-reduce forever
+            if world > 1:  # every rank must skip together, or the others would wait in the all-reduce forever
                 flag = torch.tensor([float(finite)], device=dev)  # on the device: NCCL reduces only CUDA tensors
                 dist.all_reduce(flag, op=dist.ReduceOp.MIN)
                 finite = bool(flag.item())
-            if not finite:
-                became = value if not math.isfinite(value) else "non-finite on another rank"
-                raise FloatingPointError(f"{desc}: the loss became {became} at batch {batch} of {len(data)}")
-            (loss / accumulate if accumulate > 1 else loss).backward()
+            if not finite and poisoned is None:
+                poisoned = f"the loss became {value if not math.isfinite(value) else 'non-finite on another rank'}"
+            if poisoned is None:  # a poisoned group's step is dropped: no more backward (nor all-reduce) in it
+                (loss / accumulate if accumulate > 1 else loss).backward()
         pending += 1
         if stepping:
-            opt.step()
+            if poisoned is None and not _finite_gradients(step):  # the same on every rank (all-reduced)
+                poisoned = "a gradient became non-finite"
+            if poisoned is None:
+                opt.step()
+                in_row = 0
+            else:
+                skipped, in_row = skipped + 1, in_row + 1
+                if in_row > limit:
+                    if limit:
+                        log.error("%s: %d steps skipped in a row, more than training.max_skipped_steps (%d)", desc,
+                                  in_row, limit)
+                    raise FloatingPointError(f"{desc}: {poisoned} at batch {batch} of {len(data)}")
+                if rank == 0:
+                    log.warning("%s: %s at batch %d of %d: that step is skipped (%d in a row; the training stops "
+                                "after %d, training.max_skipped_steps)", desc, poisoned, batch, len(data), in_row,
+                                limit)
             opt.zero_grad(set_to_none=True)
-            for _ in range(pending):  # the schedule counts batches: one step per batch since the last
-                sched.step()
-            pending = 0
-        totals += torch.tensor([value * len(labels), (logits.argmax(1) == labels).sum().item(), len(labels)],
-                               dtype=torch.float64)
-        bar.set_postfix(loss=f"{totals[0] / totals[2]:.3f}", acc=f"{totals[1] / totals[2]:.3f}")
+            if not by_epoch:
+                for _ in range(pending):  # a per-batch scheduler: one step per batch since the last
+                    sched.step()
+            pending, poisoned = 0, None
+        if finite:
+            totals += torch.tensor([value * len(labels), (logits.argmax(1) == labels).sum().item(), len(labels)],
+                                   dtype=torch.float64)
+        bar.set_postfix(loss=f"{totals[0] / max(totals[2], 1):.3f}", acc=f"{totals[1] / max(totals[2], 1):.3f}")
+    if by_epoch:
+        sched.skipped_in_row = in_row
+    if skipped and rank == 0:
+        log.warning("%s: %d of its optimiser steps skipped for a non-finite loss or gradient", desc, skipped)
     if world > 1:
         totals = totals.to(dev)
         dist.all_reduce(totals)
-    return float(totals[0] / totals[2]), float(totals[1] / totals[2])
+    return float(totals[0] / max(totals[2], 1)), float(totals[1] / max(totals[2], 1))
 
 
 def embed_sites(net, norm, store: ImageStore, sites: pd.DataFrame, batch_size: int, workers: int,

@@ -89,53 +89,105 @@ class EmbeddingNet(nn.Module):
     channels_last = False  # set by build_network: NHWC convolutions (faster on this CPU: benchmarks/throughput.py)
 
     def forward(self, x: torch.Tensor, line: torch.Tensor | None = None) -> torch.Tensor:
+        """The embedding of images ``x``; ``line``: each image's cell line as an index, or as a (batch, lines)
+        row of weights (the mixed code of a CutMix pair, as the 1st place mixes its cell-type input)."""
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         features = self.backbone(x)
         if self.line_input is not None:
             if line is None:
                 line = torch.full((len(x),), self.own_line, dtype=torch.long, device=x.device)
+            code = line.to(features.dtype) if line.is_floating_point() else F.one_hot(line, self.n_lines).to(features.dtype)
             if self.line_input == "embedding":
-                features = features + self.line_embedding(line)
+                features = features + code @ self.line_embedding.weight.to(features.dtype)
             else:
-                features = torch.cat([features, F.one_hot(line, self.n_lines).to(features.dtype)], dim=1)
+                features = torch.cat([features, code], dim=1)
         return self.embed(features)
+
+    def train_loss(self, x: torch.Tensor, labels: torch.Tensor, line: torch.Tensor | None = None,
+                   partner: torch.Tensor | None = None, lam: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(training logits, loss) of a batch. With mixed images (``partner``, ``lam``: :func:`nn.augment.mix`)
+        the labels are soft, lam x the own + (1 - lam) x the partner's, and so is the cell-line input (the
+        1st place's ``transform_input``)."""
+        if partner is not None and line is not None and self.line_input is not None:
+            code = F.one_hot(line, self.n_lines).float()
+            line = lam * code + (1 - lam) * code[partner]
+        target = F.one_hot(labels, self._n_classes()).float()
+        if partner is not None:
+            target = lam * target + (1 - lam) * target[partner]
+        return self.loss(self(x, line), labels, target)
+
+    def _n_classes(self) -> int:
+        return (self.classifier.out_features if self.head == "softmax_arcface" else self.weight.shape[0])
 
     def logits(self, embedding: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Class logits (of the softmax classifier for ``softmax_arcface``); with labels (training) the margin
-        is applied to the true class."""
+        is applied to the true class. Margin heads are computed in float32 even under autocast."""
         if self.head == "softmax_arcface":
             return self.classifier(embedding)
         if self.head == "softmax":
             return F.linear(embedding, self.weight, self.bias)
-        cos = F.linear(F.normalize(embedding), F.normalize(self.weight)).clamp(-1 + 1e-6, 1 - 1e-6)
-        if labels is None:
-            return self.scale * cos
-        return self.scale * with_margin(cos, labels, self.head, self.margin)
+        with _float32(embedding):
+            cos = _cosines(embedding, self.weight)
+            if labels is None:
+                return self.scale * cos
+            return self.scale * with_margin(cos, F.one_hot(labels, cos.shape[1]).float(), self.head, self.margin)
 
-    def loss(self, embedding: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(training logits, loss) of a batch. ``softmax_arcface``: (1 - w) x the softmax cross-entropy + w x
-        half the ArcFace cross-entropy (w = ``arcface_weight``; halved as in the 1st place's ArcFaceLoss)."""
-        logits = self.logits(embedding, labels)
-        loss = F.cross_entropy(logits, labels)
-        if self.head == "softmax_arcface":
-            cos = F.linear(F.normalize(embedding), F.normalize(self.arc_weight)).clamp(-1 + 1e-6, 1 - 1e-6)
-            arc = F.cross_entropy(self.scale * with_margin(cos, labels, "arcface", self.margin), labels)
-            loss = (1 - self.arcface_weight) * loss + self.arcface_weight * arc / 2
-        return logits, loss
+    def loss(self, embedding: torch.Tensor, labels: torch.Tensor, target: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(training logits, loss) of a batch. ``target``: soft labels (rows summing to 1; default the one-hot
+        ``labels``), taken by a dense cross-entropy as the 1st place's ``DenseCrossEntropy``; the margin of a
+        margin head goes to each class in proportion to its label weight (its ``ArcFaceLoss``).
+        ``softmax_arcface``: (1 - w) x the softmax cross-entropy + w x half the ArcFace cross-entropy
+        (w = ``arcface_weight``). Losses and margin heads are computed in float32, also under autocast: a bf16
+        cosine rounds 1 - 1e-6 to 1, where the margin's sqrt(1 - cos^2) has no gradient."""
+        if target is None:
+            target = F.one_hot(labels, self._n_classes()).float()
+        with _float32(embedding):
+            embedding = embedding.float()
+            if self.head == "softmax_arcface":
+                logits = self.classifier(embedding)
+                loss = dense_cross_entropy(logits, target)
+                cos = _cosines(embedding, self.arc_weight)
+                arc = dense_cross_entropy(self.scale * with_margin(cos, target, "arcface", self.margin), target)
+                return logits, (1 - self.arcface_weight) * loss + self.arcface_weight * arc / 2
+            if self.head == "softmax":
+                logits = F.linear(embedding, self.weight, self.bias)
+                return logits, dense_cross_entropy(logits, target)
+            cos = _cosines(embedding, self.weight)
+            logits = self.scale * with_margin(cos, F.one_hot(labels, cos.shape[1]).float(), self.head, self.margin)
+            return logits, dense_cross_entropy(self.scale * with_margin(cos, target, self.head, self.margin), target)
 
 
-def with_margin(cos: torch.Tensor, labels: torch.Tensor, kind: str, margin: float) -> torch.Tensor:
-    """Cosines with the margin applied to each row's true class: cos - m (cosface) or cos(theta + m) (arcface;
-    where theta + m would pass pi, cos - m sin(m) m instead, so the target stays monotonic in theta)."""
-    onehot = F.one_hot(labels, cos.shape[1]).bool()
+def _float32(tensor: torch.Tensor):
+    """A context where autocast is off on ``tensor``'s device (float32 maths under mixed precision)."""
+    return torch.autocast(tensor.device.type, enabled=False)
+
+
+def _cosines(embedding: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Cosines between each embedding and each class weight, in float32, kept inside (-1, 1)."""
+    return F.linear(F.normalize(embedding.float()), F.normalize(weight.float())).clamp(-1 + 1e-6, 1 - 1e-6)
+
+
+def dense_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The mean over rows of -sum(target x log_softmax(logits)): cross-entropy with soft labels."""
+    return -(F.log_softmax(logits.float(), dim=1) * target).sum(1).mean()
+
+
+def with_margin(cos: torch.Tensor, target: torch.Tensor, kind: str, margin: float) -> torch.Tensor:
+    """Cosines with the margin applied in proportion to ``target`` (one-hot or soft labels, (rows, classes);
+    class indices are taken as one-hot): target x margined + (1 - target) x cos, the margined cosine being
+    cos - m (cosface) or cos(theta + m) (arcface; where theta + m would pass pi, cos - m sin(m) m instead, so
+    the target stays monotonic in theta), as the 1st place's ``ArcFaceLoss``."""
+    if not target.is_floating_point():
+        target = F.one_hot(target, cos.shape[1]).to(cos.dtype)
     if kind == "cosface":
-        target = cos - margin
+        margined = cos - margin
     else:
         sine = (1 - cos * cos).clamp_min(0).sqrt()
         phi = cos * math.cos(margin) - sine * math.sin(margin)
-        target = torch.where(cos > math.cos(math.pi - margin), phi, cos - math.sin(math.pi - margin) * margin)
-    return torch.where(onehot, target, cos)
+        margined = torch.where(cos > math.cos(math.pi - margin), phi, cos - math.sin(math.pi - margin) * margin)
+    return target * margined + (1 - target) * cos
 
 
 def load_pretrained(backbone: nn.Module, path: str) -> None:

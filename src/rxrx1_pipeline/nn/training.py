@@ -52,7 +52,8 @@ class TrainStep(torch.nn.Module):
     """The network and its loss as one module, so DDP sees every parameter in ``forward``.
 
     Returns the training logits of the own labels and the loss; with mixed images (``partner``, ``lam``)
-    the loss is lam x the own labels' loss + (1 - lam) x the partners' (each with its margin)."""
+    the labels and the cell-line input are mixed lam x the own + (1 - lam) x the partner's
+    (``EmbeddingNet.train_loss``)."""
 
     def __init__(self, net: torch.nn.Module):
         super().__init__()
@@ -60,11 +61,7 @@ class TrainStep(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor, lines: torch.Tensor | None = None,
                 partner: torch.Tensor | None = None, lam: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-        embedding = self.net(x, lines).float()
-        logits, loss = self.net.loss(embedding, labels)
-        if partner is not None:
-            loss = lam * loss + (1 - lam) * self.net.loss(embedding, labels[partner])[1]
-        return logits, loss
+        return self.net.train_loss(x, labels, lines, partner, lam)
 
 
 def fit(job: TrainJob, rank: int = 0, world: int = 1, dev: torch.device | None = None
@@ -87,7 +84,8 @@ def fit(job: TrainJob, rank: int = 0, world: int = 1, dev: torch.device | None =
         net.load_state_dict(job.initial)
     norm = normaliser_from_stats(training.normalization, job.plate_stats)
     plates = job.fit["plate_index"].to_numpy()
-    steps = len(FitBatches(plates, batch, seed, rank, world, by_plate))
+    cap = training.steps_per_epoch
+    steps = len(FitBatches(plates, batch, seed, rank, world, by_plate, cap))  # the schedule's batches per epoch
     opt, sched = loops.optimiser(net, training, steps_per_epoch=steps)
     start, history, extra = job.checkpoints.restore(job.run_id, net, opt, sched, label)
     if job.pseudo is not None and "pseudo" in extra:
@@ -104,14 +102,15 @@ def fit(job: TrainJob, rank: int = 0, world: int = 1, dev: torch.device | None =
             update_pseudo_labels(job, net, norm, epoch, rank, world)
         sites = job.fit if job.pseudo is None else pd.concat([job.fit, job.pseudo.labelled_sites()], ignore_index=True)
         data = fit_loader(StoreSites(job.store, sites["store_row"].to_numpy(), sites["class_index"].to_numpy()),
-                          sites["plate_index"].to_numpy(), batch, workers, seed, rank, world, by_plate, steps)
+                          sites["plate_index"].to_numpy(), batch, workers, seed, rank, world, by_plate, cap)
         data.batch_sampler.set_epoch(epoch)
         views = torch.Generator().manual_seed(seed * 100_003 + epoch)
         lines = torch.from_numpy(sites["line_index"].to_numpy(copy=True)) if "line_index" in sites else None
         try:
             loss, accuracy = loops.run_epoch(step, norm, opt, sched, data,
                                              torch.from_numpy(sites["plate_index"].to_numpy(copy=True)), views,
-                                             f"{label} epoch {epoch + 1}/{epochs}", training, rank, world, lines)
+                                             f"{label} epoch {epoch + 1}/{epochs}", training, rank, world, lines,
+                                             epoch)
         except FloatingPointError as exc:
             raise FloatingPointError(f"{exc}; training stopped: the model is not saved and the last checkpoint "
                                      f"({job.checkpoints.path}) is untouched; lower training.lr or check the "

@@ -27,7 +27,7 @@ def test_per_plate_batches_hold_one_plate_each_and_cover_every_site_once():
     drawn = batches.global_batches()
     assert all(len(np.unique(plates[b])) == 1 for b in drawn)
     assert sorted(np.concatenate(drawn).tolist()) == list(range(60))
-    assert len(drawn) == len(batches) == 3 + 2 + 4
+    assert len(drawn) == len(batches) == 3 + 1 + 4  # plate 1's 9th site joins its batch (BatchNorm needs 2)
     assert [b.tolist() for b in drawn] == [b.tolist() for b in batches.global_batches()]  # (seed, epoch) alone
     mixed = FitBatches(plates, 8, seed=3).global_batches()
     assert any(len(np.unique(plates[b])) > 1 for b in mixed)
@@ -59,8 +59,9 @@ def test_mixup_and_cutmix_blend_each_site_with_its_partner():
     assert partner.tolist() == [3, 2, 1, 0] and 0 <= lam <= 1
     torch.testing.assert_close(mixed, lam * x + (1 - lam) * x[partner])
     pasted, partner, lam = mix(x, 0.0, 1.0, g)
-    own = (pasted == x).all(dim=1).float().mean().item()  # share of pixels still the site's own
-    assert own == pytest.approx(lam)
+    moved = partner != torch.arange(4)  # a random permutation: a site may be its own partner
+    own = (pasted == x).all(dim=1)[moved].float().mean().item()  # share of pixels still the site's own
+    assert moved.any() and own == pytest.approx(lam)
 
 
 def test_the_shared_model_learns_every_line_and_fine_tunes_per_line(prepared, tiny_training, tmp_path):
