@@ -188,7 +188,7 @@ def cnn(sites, images, fit, held, mode, epochs: int, seed: int, batch_size: int 
 
     torch.manual_seed(seed)
     x = torch.from_numpy(normalise(sites, images, mode))
-    y = torch.from_numpy(sites["sirna"].to_numpy())
+    y = torch.from_numpy(sites["sirna"].to_numpy().copy())
     n_classes = int(sites["sirna"].max()) + 1
     model = timm.create_model("test_resnet", pretrained=False, in_chans=6, num_classes=n_classes)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
