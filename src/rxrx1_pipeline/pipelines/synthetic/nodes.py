@@ -2,9 +2,13 @@
 
 Hidden structure (as in the real data): treatment siRNAs fall into as many groups as there are
 plates; each plate of an experiment holds one group, the layout being one of the cyclic rotations;
-train uses all rotations but one, which test uses most. Images: cells whose per-channel appearance
-depends on the siRNA (the learnable phenotype) and the cell line, under strong experiment and
-plate batch effects (gain, offset, illumination) and noise.
+train uses all rotations but one, which test uses most. Images: rendered cells whose morphology depends
+on the siRNA (the learnable phenotype) and the cell line: nucleus and cell size, elongation, chromatin
+texture, nucleoli, where the ER, actin, mitochondria and Golgi stains sit in the cell, how mitochondria
+co-localise with the ER, cell density and clumping. These survive per-image standardisation, as real
+phenotypes do (the 1st place standardised each image); per-channel brightness is a minor part. Batch
+effects, as in the real data, are per experiment, plate and site: channel gain and offset, an illumination
+gradient with vignetting, focus blur, cell density and a small shift of the cells' look; then shot noise.
 """
 
 import logging
@@ -98,19 +102,30 @@ def design_plates(params: Synthetic) -> tuple[pd.DataFrame, pd.DataFrame, pd.Dat
     return (*[t.reset_index(drop=True) for t in tables], truth)
 
 
+# Phenotype dimensions (each siRNA's effect is a vector over these, per cell line). Morphology first: what
+# survives per-image standardisation. Then a minor per-channel brightness part.
+MORPHOLOGY = ("nucleus_size", "elongation", "cell_size", "chromatin", "nucleoli", "er_spread", "actin_ring",
+              "mito_fragmentation", "golgi_dispersal", "colocalisation", "density", "cell_clustering")
+N_MORPH = len(MORPHOLOGY)
+N_EFFECT = N_MORPH + N_CHANNELS
+BRIGHTNESS = 0.08  # log-gain per unit of effect on a channel's brightness: minor, per-image standardisation removes it
+
+
 @dataclass(frozen=True)
 class _World:
     """Random factors shared by all images: phenotypes, cell-line looks, batch effects."""
 
     size: int
     seed: int
-    sirna_effect: np.ndarray  # (n_sirna, n_cell_lines, 8): 6 channel log-gains, log-size, elongation
+    sirna_effect: np.ndarray  # (n_sirna, n_cell_lines, N_EFFECT): morphology (MORPHOLOGY) then channel log-gains
     line_base: np.ndarray  # (n_cell_lines, 6) base channel brightness
-    line_cells: np.ndarray  # (n_cell_lines, 2) mean cell count per site, nucleus radius in px
+    line_cells: np.ndarray  # (n_cell_lines, 2) mean cell count per site, nucleus radius (share of the side)
     exp_gain: dict  # experiment -> (6,) gain
     exp_offset: dict  # experiment -> (6,) offset
+    exp_morph: dict  # experiment -> (N_MORPH,) shift of the cells' look (culture conditions)
     plate_gain: dict  # (experiment, plate) -> (6,) gain
-    illumination: dict  # (experiment, plate) -> (2,) linear slope of the illumination field
+    illumination: dict  # (experiment, plate) -> (4,) linear slopes and vignetting of the illumination field, blur
+    batch: float
     noise: float
 
 
@@ -119,26 +134,28 @@ def _make_world(truth: pd.DataFrame, params: Synthetic) -> _World:
     n_sirna = int(truth["sirna"].max()) + 1
     n_lines = len(params.cell_lines)
     strength = params.phenotype_strength
-    shared = rng.normal(size=(n_sirna, 1, 8))
-    specific = rng.normal(size=(n_sirna, n_lines, 8))
+    shared = rng.normal(size=(n_sirna, 1, N_EFFECT))
+    specific = rng.normal(size=(n_sirna, n_lines, N_EFFECT))
     effect = strength * (shared + params.cell_line_specificity * specific)
     negative = truth.loc[truth["well_type"] == "negative_control", "sirna"].iloc[0]
     effect[negative] = 0.0
     positive = truth.loc[truth["well_type"] == "positive_control", "sirna"].unique()
     effect[positive] *= 1.5
-    line_base = np.exp(rng.normal(0.0, 0.35, size=(n_lines, N_CHANNELS))) * np.array([60, 35, 45, 40, 40, 45])
-    line_cells = np.column_stack([rng.uniform(6, 11, n_lines), rng.uniform(0.045, 0.06, n_lines)])
+    effect = effect + rng.normal(0.0, 0.6, size=(1, n_lines, N_EFFECT))  # each cell line's own look
+    line_base = np.exp(rng.normal(0.0, 0.35, size=(n_lines, N_CHANNELS))) * np.array([90, 60, 70, 60, 80, 60])
+    line_cells = np.column_stack([rng.uniform(12, 20, n_lines), rng.uniform(0.04, 0.05, n_lines)])
     b = params.batch_strength
     experiments = truth["experiment"].unique()
     plates = truth[["experiment", "plate"]].drop_duplicates().itertuples(index=False)
-    exp_gain = {e: np.exp(rng.normal(0.0, b, N_CHANNELS)) for e in experiments}
+    exp_gain = {e: np.exp(rng.normal(0.0, 1.2 * b, N_CHANNELS)) for e in experiments}
     exp_offset = {e: rng.uniform(0.0, 12.0 * b, N_CHANNELS) for e in experiments}
+    exp_morph = {e: rng.normal(0.0, 0.3 * b, N_MORPH) for e in experiments}
     plate_gain, illumination = {}, {}
     for e, p in plates:
         plate_gain[(e, p)] = np.exp(rng.normal(0.0, b / 2, N_CHANNELS))
-        illumination[(e, p)] = rng.uniform(-b, b, 2)
-    return _World(params.image_size, params.seed, effect, line_base, line_cells,
-                  exp_gain, exp_offset, plate_gain, illumination, params.noise)
+        illumination[(e, p)] = np.array([*rng.uniform(-b, b, 2), rng.uniform(0, b), rng.uniform(0.0, 1.6 * b)])
+    return _World(params.image_size, params.seed, effect, line_base, line_cells, exp_gain, exp_offset, exp_morph,
+                  plate_gain, illumination, b, params.noise)
 
 
 def _blobs(rng: np.random.Generator, size: int, cells: int = 8) -> np.ndarray:
@@ -149,38 +166,133 @@ def _blobs(rng: np.random.Generator, size: int, cells: int = 8) -> np.ndarray:
     return zoom(rng.random((n, n)), size / n, order=1, grid_mode=True, mode="nearest")[:size, :size]
 
 
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _splat(size: int, ys: np.ndarray, xs: np.ndarray, weights: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian spots of peak ``weights`` at the points (ys, xs); points outside the field are dropped."""
+    from scipy.ndimage import gaussian_filter
+
+    image = np.zeros((size, size))
+    iy, ix = np.rint(ys).astype(int), np.rint(xs).astype(int)
+    keep = (iy >= 0) & (iy < size) & (ix >= 0) & (ix < size)
+    np.add.at(image, (iy[keep], ix[keep]), weights[keep])
+    sigma = max(sigma, 0.4)
+    return gaussian_filter(image, sigma, mode="constant", truncate=3.0) * (2 * np.pi * sigma**2)
+
+
 def _render_site(world: _World, line: int, sirna: int, experiment: str, plate: int, prefix: str) -> np.ndarray:
-    """Render one site: (6, size, size) uint8."""
+    """Render one site: (6, size, size) uint8.
+
+    The siRNA changes the cells' morphology (sizes, shape, texture, where each stain sits, how the stains
+    co-localise, how many cells and how they lie), which per-image standardisation keeps, and the channels'
+    brightness a little. Batch effects per experiment, plate and site: per-channel gain and offset, an
+    illumination gradient with vignetting, focus blur, cell density and a small shift of the cells' look.
+    """
+    from scipy.ndimage import gaussian_filter
+
     size = world.size
     rng = np.random.default_rng([world.seed, zlib.crc32(prefix.encode())])
-    effect = world.sirna_effect[sirna, line]
-    gains = np.exp(0.35 * effect[:N_CHANNELS])
-    n_cells = max(1, rng.poisson(world.line_cells[line, 0]))
-    radius = world.line_cells[line, 1] * size * np.exp(0.15 * effect[6])
-    elongation = np.exp(0.2 * abs(effect[7]))
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    centres = rng.uniform(0, size, (n_cells, 2))
+    e = world.sirna_effect[sirna, line]
+    m = e[:N_MORPH] + world.exp_morph[experiment]
+    (nuc_size, elong_e, cell_e, chrom_e, nucleoli_e, er_e, ring_e, mito_e, golgi_e, coloc_e, density_e,
+     cluster_e) = m
+    b = world.batch
+    # cells: count (siRNA density x a plate/site density batch effect), positions (uniform or in clumps)
+    density = np.exp(0.35 * density_e + rng.normal(0.0, 0.15 * b))
+    n_cells = max(1, rng.poisson(world.line_cells[line, 0] * density))
+    clumped = _sigmoid(1.5 * cluster_e)
+    anchors = rng.uniform(0, size, (2, 2))
+    centres = np.where(rng.random((n_cells, 1)) < clumped,
+                       anchors[rng.integers(0, 2, n_cells)] + rng.normal(0, 0.12 * size, (n_cells, 2)),
+                       rng.uniform(0, size, (n_cells, 2)))
+    radius = world.line_cells[line, 1] * size * np.exp(0.2 * nuc_size) * np.exp(rng.normal(0, 0.1, n_cells))
+    elongation = np.exp(0.3 * abs(elong_e) + 0.05) * np.exp(rng.normal(0, 0.05, n_cells))
+    cell_ratio = 2.4 * np.exp(0.2 * cell_e)  # cell body radius in nucleus radii
     angle = rng.uniform(0, np.pi, n_cells)
-    cell_r = radius * np.exp(rng.normal(0, 0.12, n_cells))
-    dy = yy[None] - centres[:, 0, None, None]
-    dx = xx[None] - centres[:, 1, None, None]
-    cos, sin = np.cos(angle)[:, None, None], np.sin(angle)[:, None, None]
-    u, v = (dx * cos + dy * sin) / elongation, (-dx * sin + dy * cos) * elongation
-    d = np.sqrt(u**2 + v**2) / cell_r[:, None, None]  # 1 at the nucleus edge
-    nucleus = 1.0 / (1.0 + np.exp((d - 1.0) * 8.0))
-    cytoplasm = np.exp(-((d / 2.6) ** 2)) * (1.0 - nucleus)
-    membrane = np.exp(-(((d - 2.4) / 0.35) ** 2))
-    golgi_d = np.sqrt((u - 1.3 * cell_r[:, None, None]) ** 2 + v**2) / cell_r[:, None, None]
-    golgi = np.exp(-((golgi_d / 0.45) ** 2))
-    per_cell = np.exp(rng.normal(0, 0.25, (n_cells, N_CHANNELS)))[:, :, None, None]
-    texture = _blobs(rng, size, 4 + int(2 * abs(effect[3])))
-    layers = np.stack([nucleus, cytoplasm, membrane + 0.3 * cytoplasm, nucleus * texture,
-                       cytoplasm * _blobs(rng, size, 6), golgi], axis=1)  # (cells, 6, H, W)
-    signal = (layers * per_cell).sum(0) * (world.line_base[line] * gains)[:, None, None]
-    slope = world.illumination[(experiment, plate)]
-    field = 1.0 + slope[0] * (xx / size - 0.5) + slope[1] * (yy / size - 0.5)
-    gain = (world.exp_gain[experiment] * world.plate_gain[(experiment, plate)])[:, None, None]
-    image = gain * field * signal + world.exp_offset[experiment][:, None, None] + 3.0
+    per_cell = np.exp(rng.normal(0, 0.2, (n_cells, N_CHANNELS)))
+    chrom = _sigmoid(1.2 * chrom_e)  # chromatin: smooth or condensed into spots
+    spread = 0.35 * cell_ratio * np.exp(0.45 * er_e)  # ER: perinuclear or out to the cell's edge
+    ring_share = _sigmoid(1.2 * ring_e)  # actin: a cortical ring or stress fibres along the long axis
+    phase = rng.uniform(0, 2 * np.pi, n_cells)
+    # each cell's smooth layers, drawn in a window around it: nucleus, ER, actin, nucleoplasm/RNA,
+    # cytoplasm, outline
+    layers = np.zeros((N_CHANNELS, size, size))
+    for i in range(n_cells):
+        cy, cx, r, el = centres[i, 0], centres[i, 1], radius[i], elongation[i]
+        half = cell_ratio * r * el * 1.3 + 2.0
+        y0, y1 = max(0, int(cy - half)), min(size, int(cy + half) + 1)
+        x0, x1 = max(0, int(cx - half)), min(size, int(cx + half) + 1)
+        if y0 >= y1 or x0 >= x1:
+            continue
+        dy = np.arange(y0, y1)[:, None] - cy
+        dx = np.arange(x0, x1)[None, :] - cx
+        cos, sin = np.cos(angle[i]), np.sin(angle[i])
+        u, v = (dx * cos + dy * sin) / (el * r), (-dx * sin + dy * cos) * el / r  # in nucleus radii
+        d = np.sqrt(u**2 + v**2)
+        nucleus = _sigmoid((1.0 - d) * 6.0)
+        body = _sigmoid((1.0 - d / cell_ratio) * 5.0)
+        cytoplasm = body * (1.0 - nucleus)
+        ring = np.exp(-(((d / cell_ratio) - 0.95) / 0.12) ** 2)
+        er = body * (1.0 - 0.7 * nucleus) * np.exp(-np.maximum(d - 1.0, 0.0) / spread)
+        fibres = cytoplasm * (0.5 + 0.5 * np.cos(2.5 * np.pi * v + phase[i]))
+        actin = ring_share * ring + (1 - ring_share) * fibres + 0.15 * body
+        window = layers[:, y0:y1, x0:x1]
+        for c, layer in enumerate(((1 - 0.6 * chrom) * nucleus, er, actin, 0.25 * nucleus + 0.12 * cytoplasm,
+                                   0.1 * cytoplasm, 0.35 * ring)):
+            window[c] += per_cell[i, c] * layer
+
+    def cell_points(k: np.ndarray, rad: Callable[[int], np.ndarray], ang: Callable[[int], np.ndarray]):
+        """Points in each cell's own frame (radius in nucleus radii, angle), k per cell, as image (y, x)."""
+        owner = np.repeat(np.arange(n_cells), k)
+        rho, phi = rad(len(owner)), ang(owner)
+        pu, pv = rho * np.cos(phi), rho * np.sin(phi)
+        ca, sa, rr, ee = np.cos(angle[owner]), np.sin(angle[owner]), radius[owner], elongation[owner]
+        px, py = pu * ee * rr, pv / ee * rr
+        return centres[owner, 0] + px * sa + py * ca, centres[owner, 1] + px * ca - py * sa, owner
+
+    # w1 nuclei: chromatin spots
+    k = rng.poisson(3 + 6 * chrom, n_cells)
+    ys, xs, own = cell_points(k, lambda n: 0.75 * np.sqrt(rng.random(n)), lambda o: rng.uniform(0, 2 * np.pi, len(o)))
+    w1 = layers[0] + _splat(size, ys, xs, 0.9 * chrom * per_cell[own, 0], 0.22 * radius.mean())
+    # w4 nucleoli / RNA: nucleoli (how many, how large) in a dim nucleoplasm and cytoplasm
+    k = rng.poisson(np.exp(0.9 + 0.45 * nucleoli_e), n_cells) + 1
+    ys, xs, own = cell_points(k, lambda n: 0.6 * np.sqrt(rng.random(n)), lambda o: rng.uniform(0, 2 * np.pi, len(o)))
+    w4 = layers[3] + _splat(size, ys, xs, per_cell[own, 3], 0.28 * radius.mean() * np.exp(-0.2 * nucleoli_e))
+    # w2 ER: reticular
+    w2 = layers[1] * (0.55 + 0.45 * _blobs(rng, size, max(2, size // 16)))
+    w3 = layers[2]
+    # w5 mitochondria: puncta (many small when fragmented, fewer larger otherwise), either along the ER
+    # (co-localised: where the ER profile puts them) or anywhere in the cell body
+    fragment = np.exp(0.4 * mito_e)
+    k = rng.poisson(12 * fragment, n_cells)
+    coloc = _sigmoid(1.5 * coloc_e)
+
+    def mito_radius(n):
+        near = rng.random(n) < coloc
+        return np.where(near, 1.0 + rng.exponential(spread, n), 1.0 + rng.random(n) * (cell_ratio - 1.0))
+
+    ys, xs, own = cell_points(k, mito_radius, lambda o: rng.uniform(0, 2 * np.pi, len(o)))
+    w5 = layers[4] + _splat(size, ys, xs, per_cell[own, 4] / np.sqrt(fragment), 0.3 * radius.mean() / np.sqrt(fragment))
+    # w6 Golgi and membrane: a compact cap beside the nucleus or dispersed around it, and the cell outline
+    dispersal = _sigmoid(1.2 * golgi_e)
+    side = rng.uniform(0, 2 * np.pi, n_cells)
+    k = np.full(n_cells, 8)
+    ys, xs, own = cell_points(k, lambda n: 1.25 + rng.normal(0, 0.1 + 0.5 * dispersal, n),
+                              lambda o: side[o] + rng.normal(0, 0.35 + 2.0 * dispersal, len(o)))
+    w6 = layers[5] + _splat(size, ys, xs, 0.5 * per_cell[own, 5], 0.3 * radius.mean())
+    signal = np.stack([w1, w2, w3, w4, w5, w6])
+    signal *= (world.line_base[line] * np.exp(BRIGHTNESS * e[N_MORPH:]))[:, None, None]
+    # the microscope: focus blur (per plate and site), illumination field, gain and offset, noise
+    slope_y, slope_x, vignette, blur = world.illumination[(experiment, plate)]
+    blur = (blur + abs(rng.normal(0.0, 0.3 * b))) * size / 64
+    if blur > 0.05:
+        signal = gaussian_filter(signal, (0, blur, blur), mode="nearest")
+    cy, cx = np.mgrid[0:size, 0:size] / size - 0.5
+    field = 1.0 + slope_x * cx + slope_y * cy - vignette * (cx**2 + cy**2)
+    gain = world.exp_gain[experiment] * world.plate_gain[(experiment, plate)] * np.exp(rng.normal(0, b / 5, N_CHANNELS))
+    image = gain[:, None, None] * field * signal + world.exp_offset[experiment][:, None, None] + 3.0
     image = image + rng.normal(0, world.noise, image.shape) * np.sqrt(image)
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
