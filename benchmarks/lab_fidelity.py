@@ -49,7 +49,7 @@ def preset_params(cell_line: str, sirnas: int, experiments: int, image_size: int
 def render(params) -> tuple[pd.DataFrame, np.ndarray]:
     """(one row per treatment site: experiment, plate, well, sirna, group, site; their images (n, 6, S, S))."""
     from rxrx1_pipeline.pipelines.synthetic.nodes import design_plates, render_sites
-    from rxrx1_pipeline.plates import SITES, site_prefix
+    from rxrx1_pipeline.leak.plates import SITES, site_prefix
 
     truth = design_plates(params)[4]
     renderers = render_sites(truth, params)

@@ -72,6 +72,9 @@ class Synthetic(Strict):
     cell_line_specificity: NonNegative
     batch_strength: NonNegative
     noise: NonNegative
+    # test experiments that repeat a train experiment's map, plates reordered (the real test set has one:
+    # HUVEC-18 repeats RPE-03; pipelines/synthetic plant_copies)
+    copies: NonNegativeInt = 0
     # the folder layout written: kaggle (the competition's four CSVs) | rxrx.ai (the release's metadata.csv,
     # with the test labels, and images/): storage/downloads.py
     layout: Literal["kaggle", "rxrx.ai"] = "kaggle"

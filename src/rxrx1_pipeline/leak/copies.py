@@ -3,11 +3,12 @@
 RxRx1 has one: the test experiment HUVEC-18 repeats the train experiment RPE-03 with its plates reordered
 (the 1st place trained on it with RPE-03's labels); in train, HUVEC-07 holds that map too. It is found here
 from the calls alone, not from names: for every test experiment, every labelled experiment and every order
-of the plates, the share of its wells whose call (after the balanced assignment) is the siRNA the labelled
-experiment has at that plate and well. A non-copy agrees by chance (the median agreement over all
-candidates, at least one well in a plate's treatments); a copy agrees as often as the calls are right. A
-copy is declared when the binomial tail of its best match, under that chance rate and Bonferroni-corrected
-for the candidates tried, is below ``copies.max_p_value``; its wells are then answered from the labelled map.
+of the plates, how many of its wells have the call (after the balanced assignment) that the labelled
+experiment has at that plate and well. A non-copy agrees by chance, once in a plate group's size (a plate's
+treatments: the balanced assignment calls each siRNA of the group once); a copy agrees as often as the calls
+are right. The best match is
+the candidate least likely by chance; it is a copy when its binomial tail, Bonferroni-corrected for the
+candidates tried, is below ``copies.max_p_value``; its wells are then answered from the labelled map.
 """
 
 from __future__ import annotations
@@ -56,11 +57,20 @@ def same_map(maps: np.ndarray, source: int, orders: list[tuple[int, ...]]) -> li
             if other != source and same_order(maps[source], maps[other], orders) is not None]
 
 
+def surprise(matches: np.ndarray, compared: np.ndarray, chance: float) -> np.ndarray:
+    """How far above chance each candidate agrees, in nats: the log-likelihood ratio of its agreement rate
+    against ``chance`` over its compared wells (0 at or below chance). It ranks candidates as their binomial
+    tails do, without the tails' underflow to 0 for strong copies."""
+    rate = np.clip(matches / np.maximum(compared, 1), 1e-12, 1 - 1e-12)
+    ratio = matches * np.log(rate / chance) + (compared - matches) * np.log((1 - rate) / (1 - chance))
+    return np.where(rate > chance, ratio, 0.0)
+
+
 def find_copied_experiments(test_predictions: pd.DataFrame, wells: pd.DataFrame, copies: Copies) -> pd.DataFrame:
     """One row per test experiment: the labelled experiment (``source``) and plate order (``plate_order``: the
     source plate of each of its plates, in plate order) that its calls agree with most, the labelled experiments
     that share the source's map (``same_map``), that ``agreement`` (share of its ``wells``), the best agreement
-    with any experiment of another map (``runner_up``), the ``chance`` rate, the Bonferroni-corrected ``p_value``
+    of the best match among the experiments of other maps (``runner_up``), the ``chance`` rate, the Bonferroni-corrected ``p_value``
     and whether it is ``copied``. Empty when ``copies.detect`` is off."""
     from scipy.stats import binom  # imported when used: kedro commands do not pay for scipy.stats
 
@@ -70,6 +80,7 @@ def find_copied_experiments(test_predictions: pd.DataFrame, wells: pd.DataFrame,
     calls = test_predictions.merge(wells[["id_code", "well"]], on="id_code")
     orders = list(itertools.permutations(range(len(plates))))
     per_plate = max(int((maps >= 0).sum(2).max()), 1)  # treatment wells of the fullest labelled plate
+    chance = 1 / per_plate  # a well of another map holds the called siRNA once in a plate group's size
     rows = []
     for experiment, mine in calls.groupby("experiment", sort=True):
         plate_pos = pd.Index(plates).get_indexer(mine["plate"].astype(int))
@@ -82,15 +93,16 @@ def find_copied_experiments(test_predictions: pd.DataFrame, wells: pd.DataFrame,
             matches[:, k] = (source == call).sum(1)
             compared[:, k] = (source >= 0).sum(1)
         agreement = matches / np.maximum(compared, 1)
-        s, k = np.unravel_index(np.argmax(agreement), agreement.shape)
-        chance = max(float(np.median(agreement)), 1 / per_plate)
-        p_value = min(1.0, float(binom.sf(matches[s, k] - 1, compared[s, k], chance)) * agreement.size)
+        evidence = surprise(matches, compared, chance)
+        s, k = np.unravel_index(np.argmax(evidence), evidence.shape)
         twins = same_map(maps, s, orders)
-        others = np.delete(agreement, [s, *twins], axis=0)
+        others = np.delete(evidence, [s, *twins], axis=0)
+        runner_up = np.delete(agreement, [s, *twins], axis=0).flat[np.argmax(others)] if others.size else 0.0
+        p_value = min(1.0, float(binom.sf(matches[s, k] - 1, compared[s, k], chance)) * evidence.size)
         rows.append({"experiment": experiment, "source": experiments[s],
                      "same_map": ",".join(experiments[t] for t in twins),
                      "plate_order": ",".join(str(plates[i]) for i in orders[k]), "wells": int(compared[s, k]),
-                     "agreement": float(agreement[s, k]), "runner_up": float(others.max()) if others.size else 0.0,
+                     "agreement": float(agreement[s, k]), "runner_up": float(runner_up),
                      "chance": chance, "p_value": p_value, "copied": p_value < copies.max_p_value})
     table = pd.DataFrame(rows, columns=COLUMNS)
     for _, r in table[table["copied"]].iterrows():

@@ -215,3 +215,22 @@ def test_phenotype_survives_per_image_standardisation():
     f_null = standardised_f_statistics(0.0)
     assert f_null.max() < 2.0  # no phenotype: siRNAs of one cell line look alike after standardisation
     assert np.median(f_signal) > 4.0 and f_signal.min() > 2.5
+
+
+def test_a_planted_copy_repeats_its_source_map_and_is_found_from_its_true_calls():
+    """synthetic.copies plants test experiments that repeat a train experiment's map, plates reordered as the real
+    HUVEC-18 repeats RPE-03; the post-processing finds it from calls alone (here the true siRNAs)."""
+    from rxrx1_pipeline.leak.copies import find_copied_experiments
+    from rxrx1_pipeline.schema import Copies
+
+    settings = params(cell_lines=["HEPG2", "HUVEC"], copies=1)
+    train, test, train_controls, test_controls, truth = design_plates(settings)
+    wells = build_wells(train, test, train_controls, test_controls)
+    calls = truth[(truth["split"] == "test") & (truth["well_type"] == "treatment")]
+    calls = calls[["id_code", "experiment", "plate"]].assign(sirna_assigned=calls["sirna"].to_numpy())
+    found = find_copied_experiments(calls, wells, Copies()).set_index("experiment")
+    copied = found.index[found["copied"]].tolist()
+    assert len(copied) == 1 and copied[0].startswith("HEPG2") and found.loc[copied[0], "source"].startswith("HUVEC")
+    assert found.loc[copied[0], "plate_order"] == "4,1,2,3" and found.loc[copied[0], "agreement"] == 1.0
+    layout = truth[truth["experiment"] == copied[0]].groupby("plate")["rotation"].nunique()
+    assert (layout == 1).all()  # one rotation per experiment, as every layout is a cyclic rotation

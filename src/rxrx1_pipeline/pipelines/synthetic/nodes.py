@@ -86,7 +86,8 @@ def design_plates(params: Synthetic) -> tuple[pd.DataFrame, pd.DataFrame, pd.Dat
                         rows.append(dict(id_code=id_code(experiment, plate, well), experiment=experiment,
                                          plate=plate, well=well, sirna=sirna, well_type=well_type,
                                          split=split, cell_line=cell_line, group=group, rotation=rotation))
-    truth = pd.DataFrame(rows).sort_values(["split", "experiment", "plate", "well"], ignore_index=True)
+    truth = plant_copies(pd.DataFrame(rows), params.copies)
+    truth = truth.sort_values(["split", "experiment", "plate", "well"], ignore_index=True)
     base = ["id_code", "experiment", "plate", "well"]
     is_treat = truth["well_type"] == "treatment"
     train, test = truth["split"] == "train", truth["split"] == "test"
@@ -100,6 +101,37 @@ def design_plates(params: Synthetic) -> tuple[pd.DataFrame, pd.DataFrame, pd.Dat
              truth["experiment"].nunique(), n_treat, n_groups, len(truth),
              truth["experiment"].nunique() * len(PLATES) * (per_group + n_pos + 1) - len(truth))
     return (*[t.reset_index(drop=True) for t in tables], truth)
+
+
+COPY_ORDER = {1: 4, 2: 1, 3: 2, 4: 3}  # a copy's plate p holds its source's plate COPY_ORDER[p] (HUVEC-18, RPE-03)
+
+
+def plant_copies(truth: pd.DataFrame, copies: int) -> pd.DataFrame:
+    """``truth`` with ``copies`` test experiments made copies of a train experiment of another cell line: each of
+    their plates holds the source's wells, siRNAs and well types of plate ``COPY_ORDER[p]``, as the real test
+    experiment HUVEC-18 repeats the train experiment RPE-03 (its images differ: they are rendered per
+    experiment). The last test experiment of each cell line in turn copies the first train experiment of the
+    next line."""
+    if not copies:
+        return truth
+    n_groups = int(truth["group"].max()) + 1
+    lines = list(dict.fromkeys(truth["cell_line"]))
+    tests = [truth.loc[(truth["split"] == "test") & (truth["cell_line"] == cl), "experiment"].max() for cl in lines]
+    trains = [truth.loc[(truth["split"] == "train") & (truth["cell_line"] == cl), "experiment"].min() for cl in lines]
+    pairs = [(t, trains[(k + 1) % len(lines)]) for k, t in enumerate(tests) if isinstance(t, str)][:copies]
+    if len(pairs) < copies:
+        raise ValueError(f"synthetic.copies = {copies}, but only {len(pairs)} cell lines have test experiments")
+    for target, source in pairs:
+        line = truth.loc[truth["experiment"] == target, "cell_line"].iloc[0]
+        copy = pd.concat([truth[(truth["experiment"] == source) & (truth["plate"] == q)].assign(plate=p)
+                          for p, q in COPY_ORDER.items()], ignore_index=True)
+        copy = copy.assign(experiment=target, cell_line=line, split="test",
+                           id_code=[id_code(target, p, w) for p, w in zip(copy["plate"], copy["well"])],
+                           rotation=(copy["group"] - (copy["plate"] - 1)) % n_groups)
+        truth = pd.concat([truth[truth["experiment"] != target], copy], ignore_index=True)
+        log.info("Synthetic copy: %s repeats %s's map, its plates 1-4 being %s's plates %s", target, source, source,
+                 ",".join(map(str, COPY_ORDER.values())))
+    return truth
 
 
 # Phenotype dimensions (each siRNA's effect is a vector over these, per cell line). Morphology first: what
