@@ -1,5 +1,5 @@
-"""Post-processing nodes around the leak's solver (``leak.assignment``): ensemble logits, the submission,
-the validation stage table and its chart."""
+"""Post-processing nodes around the leak's solver (``leak.assignment``, ``leak.copies``): ensemble logits, the
+submission, the validation stage table and its chart, and the test one where the test labels are released."""
 
 import logging
 from typing import Any
