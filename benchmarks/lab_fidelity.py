@@ -40,7 +40,7 @@ def preset_params(cell_line: str, sirnas: int, experiments: int, image_size: int
     params = dict(OmegaConfigLoader(str(ROOT / "conf"), env=env, **CONFIG_LOADER_ARGS)
                   ["parameters"]["synthetic"])
     params.update(cell_lines=[cell_line], experiments={"train": experiments, "test": 0},
-                  sirnas_per_group=max(1, sirnas // 4), positive_controls=0, missing_well_rate=0.0)
+                  sirnas_per_group=max(1, sirnas // 4), positive_controls=0, missing_well_rate=0.0, copies=0)
     if image_size:
         params["image_size"] = image_size
     return Synthetic.model_validate(params)

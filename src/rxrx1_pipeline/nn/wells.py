@@ -40,8 +40,9 @@ class WellScorer:
         from rxrx1_pipeline.nn.loops import adapt_batchnorm, class_logits, embed_sites
 
         if sites.empty:  # e.g. a cell line without test wells
-            return (pd.DataFrame(columns=["id_code", *self.columns]).astype({c: np.float32 for c in self.columns}),
-                    pd.DataFrame(columns=["id_code", *(f"e{i}" for i in range(self.settings["embedding_dim"]))]))
+            return (per_well(sites["id_code"], np.empty((0, len(self.columns)), np.float32), self.columns),
+                    per_well(sites["id_code"], np.empty((0, self.settings["embedding_dim"]), np.float32),
+                             [f"e{i}" for i in range(self.settings["embedding_dim"])]))
         net, norm, inference = self.net, self.norm, self.inference
         batch, workers, tta = inference.batch_size, inference.num_workers, inference.tta
         if inference.batchnorm == "per_plate":
