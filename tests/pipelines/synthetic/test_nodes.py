@@ -234,3 +234,11 @@ def test_a_planted_copy_repeats_its_source_map_and_is_found_from_its_true_calls(
     assert found.loc[copied[0], "plate_order"] == "4,1,2,3" and found.loc[copied[0], "agreement"] == 1.0
     layout = truth[truth["experiment"] == copied[0]].groupby("plate")["rotation"].nunique()
     assert (layout == 1).all()  # one rotation per experiment, as every layout is a cyclic rotation
+
+
+def test_both_layouts_render_the_same_pixels_under_their_own_paths(truth):
+    kaggle = render_sites(truth, params())
+    release = render_sites(truth, params(layout="rxrx.ai"))
+    assert list(release) == ["images/" + p for p in kaggle]
+    first = next(iter(kaggle))
+    np.testing.assert_array_equal(release["images/" + first](), kaggle[first]())

@@ -330,14 +330,15 @@ def _render_site(world: _World, line: int, sirna: int, experiment: str, plate: i
 
 
 def render_sites(truth: pd.DataFrame, params: Synthetic) -> dict[str, Callable[[], np.ndarray]]:
-    """Lazy renderers for every (well, site) of the synthetic dataset, keyed by image prefix."""
+    """Lazy renderers for every (well, site) of the synthetic dataset, keyed by image prefix in the layout's
+    image root (the pixels are the same in either layout: a site's noise is seeded by its Kaggle prefix)."""
     world = _make_world(truth, params)
     line_index = {c: i for i, c in enumerate(params.cell_lines)}
     renderers = {}
     for row in truth.itertuples(index=False):
         for site in SITES:
-            prefix = IMAGE_ROOT[params.layout] + site_prefix(row.split, row.experiment, row.plate, row.well, site)
-            renderers[prefix] = (lambda r=row, p=prefix: _render_site(
+            prefix = site_prefix(row.split, row.experiment, row.plate, row.well, site)
+            renderers[IMAGE_ROOT[params.layout] + prefix] = (lambda r=row, p=prefix: _render_site(
                 world, line_index[r.cell_line], int(r.sirna), r.experiment, r.plate, p))
     log.info("Rendering %d sites of %dx%d px, 6 channels", len(renderers), params.image_size,
              params.image_size)
