@@ -69,9 +69,9 @@ def surprise(matches: np.ndarray, compared: np.ndarray, chance: float) -> np.nda
 def find_copied_experiments(test_predictions: pd.DataFrame, wells: pd.DataFrame, copies: Copies) -> pd.DataFrame:
     """One row per test experiment: the labelled experiment (``source``) and plate order (``plate_order``: the
     source plate of each of its plates, in plate order) that its calls agree with most, the labelled experiments
-    that share the source's map (``same_map``), that ``agreement`` (share of its ``wells``), the best agreement
-    of the best match among the experiments of other maps (``runner_up``), the ``chance`` rate, the Bonferroni-corrected ``p_value``
-    and whether it is ``copied``. Empty when ``copies.detect`` is off."""
+    that share the source's map (``same_map``), that ``agreement`` (share of its ``wells``), the agreement of the
+    best match among experiments of other maps (``runner_up``), the ``chance`` rate, the Bonferroni-corrected
+    ``p_value`` and whether it is ``copied``. Empty when ``copies.detect`` is off."""
     from scipy.stats import binom  # imported when used: kedro commands do not pay for scipy.stats
 
     if not copies.detect or test_predictions.empty:

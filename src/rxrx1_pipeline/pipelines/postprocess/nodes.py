@@ -92,7 +92,8 @@ def evaluate_test(test_predictions: pd.DataFrame, test_plate_groups: pd.DataFram
     answered = predictions.assign(sirna=answer_from_copies(predictions, copied_experiments, wells).to_numpy())
     right = answered.merge(labelled[["id_code", "cell_line", "sirna"]], on="id_code", suffixes=("", "_true"))
     right["hit"] = right["sirna"] == right["sirna_true"]
-    by = {"experiment": right.groupby("experiment")["hit"].mean(), "cell_line": right.groupby("cell_line")["hit"].mean(),
+    by = {"experiment": right.groupby("experiment")["hit"].mean(),
+          "cell_line": right.groupby("cell_line")["hit"].mean(),
           "overall": pd.Series({"all": right["hit"].mean()})}
     table["submission"] = [float(by[level].get(name, np.nan)) for level, name in zip(table["level"], table["name"])]
     log.info("Test accuracy from the released labels (raw / masked / assigned; the submission with copied "

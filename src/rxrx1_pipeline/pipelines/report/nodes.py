@@ -82,12 +82,13 @@ def run_header(identity: dict) -> str:
     """The report's first lines: which run made it, when, in which environment, at which commit, and the settings
     it changed of the schema's defaults (the base recipe), per block."""
     dirty = {True: " (with uncommitted changes)", False: "", None: ""}[identity.get("dirty")]
-    rows = "".join(f"<tr><td>{html.escape(block)}</td><td>{html.escape(', '.join(f'{k}: {v}' for k, v in changed.items()))}"
-                   "</td></tr>" for block, changed in identity.get("settings", {}).items() if changed)
-    return (f"<p>Run <b>{html.escape(str(identity.get('run')))}</b>, started {html.escape(str(identity.get('started')))}"
-            f", environment <b>{html.escape(str(identity.get('environment')))}</b>, pipeline "
-            f"{html.escape(str(identity.get('pipeline')))}, code at commit <code>{html.escape(str(identity.get('commit')))}"
-            f"</code>{dirty}.</p><details><summary>Settings changed from the base recipe (schema.py)</summary>"
+    said = {key: html.escape(str(identity.get(key))) for key in ("run", "started", "environment", "pipeline", "commit")}
+    rows = "".join(f"<tr><td>{html.escape(block)}</td><td>"
+                   f"{html.escape(', '.join(f'{k}: {v}' for k, v in changed.items()))}</td></tr>"
+                   for block, changed in identity.get("settings", {}).items() if changed)
+    return (f"<p>Run <b>{said['run']}</b>, started {said['started']}, environment <b>{said['environment']}</b>, "
+            f"pipeline {said['pipeline']}, code at commit <code>{said['commit']}</code>{dirty}.</p>"
+            f"<details><summary>Settings changed from the base recipe (schema.py)</summary>"
             f"<table><tr><th>block</th><th>settings</th></tr>{rows or '<tr><td>none</td><td></td></tr>'}</table>"
             "</details>")
 

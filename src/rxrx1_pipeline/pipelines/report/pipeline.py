@@ -11,7 +11,8 @@ def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline([
         Node(plot_training_curves, ["shared_history", *[f"{cl}.history" for cl in CELL_LINES]], "training_curves",
              name="plot_training_curves"),
-        Node(build_report, ["run_identity", "postprocess_metrics", "training_curves", "postprocess_chart", "valid_plate_groups",
-                            "test_plate_groups", "copied_experiments", "test_metrics", "valid_predictions", "wells", "sites", "raw_site_images"],
+        Node(build_report, ["run_identity", "postprocess_metrics", "training_curves", "postprocess_chart",
+                            "valid_plate_groups", "test_plate_groups", "copied_experiments", "test_metrics",
+                            "valid_predictions", "wells", "sites", "raw_site_images"],
              "report", name="build_report"),
     ])
