@@ -49,24 +49,3 @@ def session_run(project: Path, pipeline: str, runtime_params: dict | None = None
     with contextlib.chdir(project), KedroSession.create(project_path=project,
                                                          runtime_params=runtime_params or {}) as session:
         return session.run(pipeline_names=[pipeline])  # from the project folder, as `kedro run` (mlflow.db)
-
-
-def _gloo_worker(run, *args):
-    """One process of :func:`on_two_processes`: ``run(rank, world, *args)`` inside a gloo process group."""
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo")
-    try:
-        return run(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), *args)
-    finally:
-        dist.destroy_process_group()
-
-
-def on_two_processes(run, *args, run_id: str) -> dict:
-    """``run(rank, world, *args)`` on two processes started by torch's elastic launcher (a gloo group on this
-    machine); returns each rank's result. ``run`` is a module-level function (the processes are spawned)."""
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-
-    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=2, run_id=run_id, rdzv_backend="c10d",
-                          rdzv_endpoint="localhost:0", max_restarts=0, start_method="spawn")
-    return elastic_launch(config, _gloo_worker)(run, *args)

@@ -54,7 +54,7 @@ def files_defining(keys, folders: list[Path]) -> dict[str, str]:
     import yaml
 
     found: dict[str, list[str]] = {}
-    for folder in folders if keys else ():  # no file is read when every key is known
+    for folder in folders:
         for file in sorted(folder.glob("parameters*.yml")):
             content = yaml.safe_load(file.read_text()) or {}
             for key in keys:

@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from rxrx1_pipeline.nn.data import FitBatches, fit_loader
 from rxrx1_pipeline.nn.loops import EpochSchedule, run_epoch
 from rxrx1_pipeline.nn.network import EmbeddingNet
-from tests.conftest import on_two_processes
 from tests.pipelines.conftest import TINY_TRAINING, changed
 
 
@@ -130,10 +129,26 @@ def _skip_run(rank: int = 0, world: int = 1, accumulate: int = 1):
     return steps, {k: v.clone() for k, v in step.state_dict().items()}
 
 
+def _skip_worker(accumulate: int):
+    import os
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    try:
+        return _skip_run(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), accumulate)
+    finally:
+        dist.destroy_process_group()
+
+
 def test_ddp_processes_skip_a_step_together_when_one_loss_is_not_finite(accumulate: int = 2):
     """One process's NaN (on the batch that steps, after a no_sync batch) skips the step on every process (no
     process waits in an all-reduce), and the weights stay those of one process skipping the same global batch."""
-    ranks = on_two_processes(_skip_run, accumulate, run_id=f"skip-{accumulate}")
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=2, run_id=f"skip-{accumulate}",
+                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, start_method="spawn")
+    ranks = elastic_launch(config, _skip_worker)(accumulate)
     steps, weights = _skip_run(accumulate=accumulate)
     assert steps == ([1, 3, 4, 5, 6] if accumulate == 1 else [3, 5, 6])
     for rank in (0, 1):

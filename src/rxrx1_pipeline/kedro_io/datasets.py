@@ -91,7 +91,7 @@ class SiteImagesDataset(AbstractDataset[dict, PngSites]):
         staging.rmdir()
 
     def _exists(self) -> bool:
-        return self._path.is_dir() and any(self._path.glob("**/Plate*/*_w1.png"))  # {split}/ or images/{split}/
+        return self._path.is_dir() and any(self._path.glob("*/*/*/*_w1.png"))
 
     def _describe(self) -> dict[str, Any]:
         return {"path": str(self._path)}

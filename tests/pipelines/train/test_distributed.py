@@ -7,6 +7,7 @@
 - A DDP run whose worker dies mid-epoch resumes from rank 0's last checkpoint to the same weights.
 """
 
+import os
 
 import numpy as np
 import pandas as pd
@@ -15,7 +16,6 @@ import torch
 
 from rxrx1_pipeline.storage.checkpoints import CheckpointStore
 from rxrx1_pipeline.pipelines.train.nodes import train_model
-from tests.conftest import on_two_processes
 from tests.pipelines.conftest import changed, TINY_TRAINING
 
 
@@ -67,9 +67,23 @@ def _three_epochs(rank: int = 0, world: int = 1, accumulate: int = 1):
     return curve, {k: v.clone() for k, v in step.state_dict().items()}
 
 
+def _ddp_worker(accumulate: int):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    try:
+        return _three_epochs(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), accumulate)
+    finally:
+        dist.destroy_process_group()
+
+
 @pytest.mark.parametrize("accumulate", [1, 2], ids=["every batch", "2 batches accumulated (no_sync)"])
 def test_ddp_loop_equals_one_process_without_batchnorm(accumulate):
-    ranks = on_two_processes(_three_epochs, accumulate, run_id=f"loop-test-{accumulate}")
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=2, run_id=f"loop-test-{accumulate}",
+                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, start_method="spawn")
+    ranks = elastic_launch(config, _ddp_worker)(accumulate)
     curve, weights = _three_epochs(accumulate=accumulate)
     for rank in (0, 1):
         np.testing.assert_allclose(ranks[rank][0], curve, rtol=1e-5)  # (loss, accuracy) of every epoch
