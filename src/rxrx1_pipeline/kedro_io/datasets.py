@@ -23,7 +23,7 @@ from kedro_datasets.pandas import ParquetDataset
 from tqdm.auto import tqdm
 
 from rxrx1_pipeline.runs.locks import sweep_partials, unique_suffix, write_atomically
-from rxrx1_pipeline.storage.checkpoints import CheckpointStore, load_torch_file, save_torch_file
+from rxrx1_pipeline.storage.checkpoints import CheckpointStore, ModelFile, load_torch_file, save_torch_file
 from rxrx1_pipeline.storage.downloads import (
     KAGGLE_FILES,
     RELEASE,
@@ -177,10 +177,16 @@ class ImageStoreDataset(AbstractDataset[DecodeJob, ImageStore]):
 
 
 class TorchCheckpointDataset(_FileDataset):
-    """A plain dict of tensors and settings saved with ``torch.save``; loads with ``weights_only``."""
+    """A plain dict of tensors and settings saved with ``torch.save``; loads with ``weights_only``. ``lazy``: loads
+    as a :class:`ModelFile` that the node reads only if it needs it (the shared model, which a cell line trained
+    from scratch never reads)."""
 
-    def load(self) -> dict:
-        return load_torch_file(self._path)
+    def __init__(self, *, filepath: str, lazy: bool = False, metadata: dict | None = None):
+        super().__init__(filepath=filepath, metadata=metadata)
+        self._lazy = lazy
+
+    def load(self) -> dict | ModelFile:
+        return ModelFile(self._path) if self._lazy else load_torch_file(self._path)
 
     def save(self, data: dict) -> None:
         save_torch_file(self._path, data)

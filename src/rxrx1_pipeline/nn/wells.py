@@ -63,6 +63,14 @@ class WellScorer:
                 per_well(sites["id_code"], emb, [f"e{i}" for i in range(emb.shape[1])]))
 
 
+def no_wells(classes: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The (logits, embeddings) tables of no well: an id_code column, and the treatment siRNA columns (float32)
+    in the logits."""
+    columns = classes.loc[classes["well_type"] == "treatment", "sirna"].sort_values().astype(str).tolist()
+    ids = pd.Series([], dtype=object)
+    return per_well(ids, np.empty((0, len(columns)), np.float32), columns), per_well(ids, np.empty((0, 0), np.float32), [])
+
+
 def centre_plates(embeddings: np.ndarray, plates: np.ndarray) -> np.ndarray:
     """Each plate's embeddings shifted so that the plate's mean becomes the mean over all plates."""
     out = embeddings.astype(np.float64)

@@ -65,3 +65,18 @@ class CheckpointStore:
         save_torch_file(self.path, {"run_id": run_id, "epoch": epoch, "model": net.state_dict(),
                          "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                          "history": history, "extra": extra or {}})
+
+
+class ModelFile:
+    """A saved model handed to a node unread (a lazy ``TorchCheckpointDataset``): the node reads it only when
+    it needs it, so a cell line trained from scratch runs without the shared model's file."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def read(self, why: str) -> dict:
+        """The model's dict; ``why`` names the setting that needs it, for the error when the file is missing."""
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{why} but there is no shared model at {self.path}: train it first "
+                                    "(kedro run --pipelines=train, without --namespaces), or set init: scratch")
+        return load_torch_file(self.path)

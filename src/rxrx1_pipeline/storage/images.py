@@ -471,7 +471,7 @@ def plate_statistics(model_sites: pd.DataFrame, site_images: ImageStore) -> pd.D
     """Per-plate channel mean and std over all of the plate's own sites (no labels used), from the
     per-site moments the image store gathered while decoding."""
     moments = site_images.moments
-    n_plates = int(model_sites["plate_index"].max()) + 1
+    n_plates = int(model_sites["plate_index"].max()) + 1 if len(model_sites) else 0  # 0: a line without wells
     plate_of = model_sites["plate_index"].to_numpy()[np.argsort(model_sites["store_row"].to_numpy())]
     total = np.zeros((n_plates, N_CHANNELS))
     squares = np.zeros((n_plates, N_CHANNELS))

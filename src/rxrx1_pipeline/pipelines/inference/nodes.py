@@ -6,7 +6,7 @@ import logging
 
 import pandas as pd
 
-from rxrx1_pipeline.nn.wells import WellScorer
+from rxrx1_pipeline.nn.wells import WellScorer, no_wells
 from rxrx1_pipeline.schema import Inference
 from rxrx1_pipeline.storage.images import ImageStore
 
@@ -26,6 +26,10 @@ def predict_wells(model: dict, model_sites: pd.DataFrame, site_images: ImageStor
     mean or the sum of its sites' (a well with one site left then weighs half). Logits keep only the treatment
     classes, one float32 column per siRNA id: the cached-logits contract of post-processing.
     """
+    if not model:  # a cell line without sites in this data set (train_model trained none)
+        log.info("%s: no model (no sites of this cell line in the data set): no logits", cell_line)
+        logits, embeddings = no_wells(classes)
+        return logits, logits, embeddings, embeddings
     scorer = WellScorer(model, site_images, plate_stats, classes, cell_line, inference)
     scored = {}
     for role in ("valid", "test"):

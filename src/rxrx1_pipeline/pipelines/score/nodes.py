@@ -17,7 +17,7 @@ from rxrx1_pipeline.nn.wells import WellScorer, combine_cell_lines
 from rxrx1_pipeline.schema import ImageSource, Inference
 from rxrx1_pipeline.storage.images import N_CHANNELS, MemoryStore, PngSites, plate_statistics, read_fitted
 
-from .sites import check_new_sites
+from .sites import ScoringInputError, check_new_sites
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,9 @@ def score_cell_line(model: dict, scoring_sites: pd.DataFrame, classes: pd.DataFr
     sites = scoring_sites[scoring_sites["cell_line"] == cell_line].reset_index(drop=True)
     if not (sites["well_type"] == "treatment").any():
         return pd.DataFrame(), pd.DataFrame()
+    if not model:
+        raise ScoringInputError(f"the sites table holds {cell_line} sites (e.g. {sites['image_prefix'].iloc[0]}) but "
+                                f"the run trained no {cell_line} model: its data set had no {cell_line} wells")
     size = model["settings"]["image_size"]
     reader = PngSites(Path("."))  # prefixes are absolute or relative to the working directory
     pixels = np.empty((len(sites), N_CHANNELS, size, size), np.uint8)

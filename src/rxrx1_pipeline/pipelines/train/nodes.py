@@ -11,7 +11,7 @@ import pandas as pd
 
 from rxrx1_pipeline.leak.plates import CELL_LINES
 from rxrx1_pipeline.schema import NETWORK, ImageSource, SharedTraining, Training
-from rxrx1_pipeline.storage.checkpoints import CheckpointStore
+from rxrx1_pipeline.storage.checkpoints import CheckpointStore, ModelFile
 from rxrx1_pipeline.storage.images import (
     DecodeJob,
     ImageStore,
@@ -33,8 +33,10 @@ def select_sites(wells: pd.DataFrame, sites: pd.DataFrame, classes: pd.DataFrame
     ``training.valid_experiments`` is a number (the last N labelled experiments) or a list of names.
     """
     mine = wells[wells["cell_line"] == cell_line]
-    if mine.empty:
-        raise ValueError(f"no wells of cell line {cell_line} in wells.parquet")
+    if mine.empty:  # a data set without this cell line: an empty table, every later stage of the line skips
+        log.info("%s: no wells of this cell line in the data set: its model is not trained and it scores no wells",
+                 cell_line)
+        return _sites_table(sites, mine, classes, [])
     train_exps = sorted(mine.loc[mine["split"] == "train", "experiment"].unique())
     held = training.valid_experiments
     if isinstance(held, int) and not 0 < held < len(train_exps):
@@ -47,18 +49,24 @@ def select_sites(wells: pd.DataFrame, sites: pd.DataFrame, classes: pd.DataFrame
     if len(valid) >= len(train_exps):
         raise ValueError(f"{cell_line}: holding out {len(valid)} of {len(train_exps)} train experiments "
                          "leaves nothing to fit")
-    table = sites.drop(columns="split").merge(mine, on="id_code", how="inner")
+    table = _sites_table(sites, mine, classes, valid)
+    log.info("%s: %d fit, %d valid, %d test sites; valid experiments %s", cell_line,
+             *(int((table["role"] == r).sum()) for r in ("fit", "valid", "test")), ", ".join(valid))
+    return table
+
+
+def _sites_table(sites: pd.DataFrame, wells: pd.DataFrame, classes: pd.DataFrame, valid: list[str]) -> pd.DataFrame:
+    """The sites of ``wells`` with their role (``valid``: these experiments), class, plate and store row."""
+    table = sites.drop(columns="split").merge(wells, on="id_code", how="inner")
     table["role"] = np.where(table["split"] == "test", "test",
-                             np.where(table["experiment"].isin(valid), "valid", "fit"))
+                             np.where(table["experiment"].isin(valid), "valid", "fit")).astype(object)
     table = table.merge(classes[["sirna", "class_index"]], on="sirna", how="left")
     table["class_index"] = table["class_index"].fillna(-1).astype("int64")
     plates = table[["experiment", "plate"]].drop_duplicates().reset_index(drop=True)
-    plates["plate_index"] = np.arange(len(plates))
+    plates["plate_index"] = np.arange(len(plates), dtype="int64")
     table = table.merge(plates, on=["experiment", "plate"]).sort_values(["role", "id_code", "site"],
                                                                         ignore_index=True)
-    table["store_row"] = np.arange(len(table))
-    log.info("%s: %d fit, %d valid, %d test sites; valid experiments %s", cell_line,
-             *(int((table["role"] == r).sum()) for r in ("fit", "valid", "test")), ", ".join(valid))
+    table["store_row"] = np.arange(len(table), dtype="int64")
     return table
 
 
@@ -95,14 +103,15 @@ def sites_to_validate(model_sites: pd.DataFrame) -> pd.DataFrame:
 
 def train_model(model_sites: pd.DataFrame, site_images: ImageStore, plate_stats: pd.DataFrame,
                 classes: pd.DataFrame, checkpoints: CheckpointStore, cell_line: str, training: Training,
-                shared_model: dict | None = None, sirna_groups: pd.DataFrame | None = None,
+                shared_model: dict | ModelFile | None = None, sirna_groups: pd.DataFrame | None = None,
                 plate_layouts: pd.DataFrame | None = None) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     """Train the cell line's embedding model on the fit sites, resuming from the last checkpoint of the same
     setup; in this process, or on ``training.distributed.nproc_per_node`` DDP processes.
 
     ``training.controls`` chooses which control wells are fitted (:func:`sites_to_fit`). With ``training.init:
-    shared`` the model starts from ``shared_model`` (trained on every cell line) and is fine-tuned for
-    ``epochs`` epochs (0: the shared model as it is). ``training.pseudo_labels.start_epoch`` > 0 adds
+    shared`` the model starts from ``shared_model`` (trained on every cell line; a :class:`ModelFile` is read
+    only then, so ``init: scratch`` never reads it and runs without one) and is fine-tuned for ``epochs`` epochs
+    (0: the shared model as it is). A cell line without sites in the data set gets no model (an empty dict). ``training.pseudo_labels.start_epoch`` > 0 adds
     pseudo-labelled validation and test wells from that epoch on (``nn/pseudo.py``; needs ``sirna_groups``
     and ``plate_layouts``).
 
@@ -113,6 +122,9 @@ def train_model(model_sites: pd.DataFrame, site_images: ImageStore, plate_stats:
     from rxrx1_pipeline.nn.pseudo import PseudoLabeller, no_pseudo_labels
     from rxrx1_pipeline.nn.training import TrainJob
 
+    if model_sites.empty:
+        log.info("%s: no sites in this data set: no model trained", cell_line)
+        return {}, no_history(), no_pseudo_labels()
     fit_sites = sites_to_fit(model_sites, training.controls, training.final_fit)
     if training.final_fit:
         log.warning("%s: final fit: the validation experiments are trained on too, so their figures are no "
@@ -120,6 +132,8 @@ def train_model(model_sites: pd.DataFrame, site_images: ImageStore, plate_stats:
     settings = model_settings(training)
     initial, start = None, {}
     if training.init == "shared":
+        if isinstance(shared_model, ModelFile):
+            shared_model = shared_model.read(f"{cell_line}.training.init is 'shared'")
         if not shared_model:
             raise ValueError(f"{cell_line}: training.init is 'shared' but no shared model was trained (set "
                              "shared_training.epochs >= 1)")
@@ -145,6 +159,7 @@ def train_model(model_sites: pd.DataFrame, site_images: ImageStore, plate_stats:
 
 
 LINE_INPUTS = ("model_sites", "site_images", "plate_stats")  # what the shared model reads of each cell line
+LINE_PARAMS = ("training",)  # and of its parameters: whether the line is fine-tuned from it (init)
 
 
 def train_shared_model(classes: pd.DataFrame, checkpoints: CheckpointStore, training: SharedTraining,
@@ -152,8 +167,10 @@ def train_shared_model(classes: pd.DataFrame, checkpoints: CheckpointStore, trai
                        ) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     """One model over every cell line, with the cell line as an input (``line_inputs``: each line's
     ``<line>_model_sites``, ``<line>_site_images`` and ``<line>_plate_stats``, e.g. ``HUVEC_plate_stats``, for the
-    lines of ``CELL_LINES`` present). Each line's held-out experiments stay held out; ``training``
-    (``shared_training``) sets the recipe; ``epochs`` 0 trains nothing (returns an empty model). With
+    lines of ``CELL_LINES`` present, and optionally ``<line>_training``). Each line's held-out experiments stay
+    held out; ``training`` (``shared_training``) sets the recipe; ``epochs`` 0, or no line given with
+    ``training.init: shared``, trains nothing (returns an empty model). Lines without sites (a data set of
+    other cell lines) are left out. With
     ``pseudo_labels.start_epoch`` > 0 the validation and test wells of every line are pseudo-labelled
     (:func:`candidate_sites`).
 
@@ -163,17 +180,30 @@ def train_shared_model(classes: pd.DataFrame, checkpoints: CheckpointStore, trai
     from rxrx1_pipeline.nn.pseudo import PseudoLabeller, no_pseudo_labels
     from rxrx1_pipeline.nn.training import TrainJob
 
+    trainings = {key.removesuffix("_training"): line_inputs.pop(key) for key in list(line_inputs)
+                 if key.endswith("_training")}
+    lines = [cl for cl in CELL_LINES if f"{cl}_model_sites" in line_inputs]
+    unknown = set(line_inputs) - {f"{cl}_{name}" for cl in lines for name in LINE_INPUTS}
+    if unknown or len(line_inputs) != len(lines) * len(LINE_INPUTS) or set(trainings) - set(lines):
+        raise TypeError(f"train_shared_model takes <line>_{{{', '.join(LINE_INPUTS)}}} (and <line>_training) for "
+                        f"lines of {CELL_LINES}, got {sorted(line_inputs) + sorted(trainings)}")
     if training.epochs == 0:
         log.info("shared model: not trained (shared_training.epochs is 0)")
         return {}, no_history(), no_pseudo_labels()
+    absent = [cl for cl in lines if line_inputs[f"{cl}_model_sites"].empty]
+    if absent:
+        log.info("shared model: no sites of %s in this data set: trained on %s only", ", ".join(absent),
+                 ", ".join(cl for cl in lines if cl not in absent) or "no cell line")
+        lines = [cl for cl in lines if cl not in absent]
+    if trainings and not any(trainings[cl].init == "shared" for cl in lines if cl in trainings):
+        log.info("shared model: not trained: no cell line with sites has training.init 'shared' (%s train from "
+                 "scratch)", ", ".join(lines) or "none")
+        return {}, no_history(), no_pseudo_labels()
+    if not lines:
+        raise ValueError("shared model: no cell line has sites in this data set: nothing to train on")
     if training.final_fit:
         log.warning("shared model: final fit: the validation experiments are trained on too, so the figures of "
                     "every model fine-tuned from it are no longer a validation")
-    lines = [cl for cl in CELL_LINES if f"{cl}_model_sites" in line_inputs]
-    unknown = set(line_inputs) - {f"{cl}_{name}" for cl in lines for name in LINE_INPUTS}
-    if unknown or len(line_inputs) != len(lines) * len(LINE_INPUTS):
-        raise TypeError(f"train_shared_model takes <line>_{{{', '.join(LINE_INPUTS)}}} for lines of {CELL_LINES}, "
-                        f"got {sorted(line_inputs)}")
     triples = [tuple(line_inputs[f"{cl}_{name}"] for name in LINE_INPUTS) for cl in lines]
     store = StoreChain([images for _, images, _ in triples])
     fits, valids, candidates, stats = [], [], [], []

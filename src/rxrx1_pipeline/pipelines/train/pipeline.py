@@ -7,7 +7,7 @@ from kedro.pipeline import Node, Pipeline
 from rxrx1_pipeline.leak.plates import CELL_LINES
 from rxrx1_pipeline.storage.images import plate_statistics
 
-from .nodes import LINE_INPUTS, decode_sites, select_sites, train_model, train_shared_model
+from .nodes import LINE_INPUTS, LINE_PARAMS, decode_sites, select_sites, train_model, train_shared_model
 
 
 def create_inputs_template() -> Pipeline:
@@ -49,7 +49,8 @@ def create_training_pipeline() -> Pipeline:
         Node(train_shared_model, {"classes": "classes", "checkpoints": "shared_checkpoints",
                                   "training": "params:shared_training", "sirna_groups": "sirna_groups",
                                   "plate_layouts": "plate_layouts",
-                                  **{f"{cl}_{name}": f"{cl}.{name}" for cl in CELL_LINES for name in LINE_INPUTS}},
+                                  **{f"{cl}_{name}": f"{cl}.{name}" for cl in CELL_LINES for name in LINE_INPUTS},
+                                  **{f"{cl}_{name}": f"params:{cl}.{name}" for cl in CELL_LINES for name in LINE_PARAMS}},
              ["shared_model", "shared_history", "shared_pseudo_labels"], name="train_shared_model"),
     ])
     per_line_models = per_line(create_training_template(), {"classes", "shared_model", "sirna_groups", "plate_layouts"})
