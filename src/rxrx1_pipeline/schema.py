@@ -293,6 +293,14 @@ class Inference(Strict):
     batchnorm: Literal["trained", "per_plate"] = "per_plate"
     plate_centring: bool = False  # move each plate's mean embedding onto the mean of all plates before the head
 
+    @model_validator(mode="after")
+    def _statistics_batches(self):
+        if self.batchnorm == "per_plate" and self.batch_size < 2:
+            raise ValueError(f"batch_size = {self.batch_size} with batchnorm: per_plate: BatchNorm statistics cannot "
+                             "be estimated on batches of one site; set inference.batch_size >= 2 (or batchnorm: "
+                             "trained)")
+        return self
+
 
 class Rotation(Strict):
     min_confidence: Annotated[float, Field(gt=0, le=1)] = 0.99  # warn about layouts chosen with a lower posterior

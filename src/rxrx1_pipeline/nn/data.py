@@ -120,6 +120,23 @@ def loader(dataset: StoreSites, batch_size: int, workers: int) -> DataLoader:
                       persistent_workers=False, drop_last=False, pin_memory=torch.cuda.is_available())
 
 
+def statistics_batches(n: int, batch_size: int) -> list[list[int]]:
+    """Positions 0..n-1 in order, in batches of ``batch_size``; a last batch of one site is merged into the one
+    before, since BatchNorm cannot estimate statistics on one sample (a single site alone stays alone)."""
+    batches = [list(range(start, min(start + batch_size, n))) for start in range(0, n, batch_size)]
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        last = batches.pop()
+        batches[-1] += last
+    return batches
+
+
+def statistics_loader(dataset: StoreSites, batch_size: int, workers: int) -> DataLoader:
+    """:func:`loader` for BatchNorm in training mode (statistics re-estimated): no batch of one site
+    (:func:`statistics_batches`)."""
+    return DataLoader(dataset, batch_sampler=statistics_batches(len(dataset), batch_size), num_workers=workers,
+                      generator=_private(), persistent_workers=False, pin_memory=torch.cuda.is_available())
+
+
 def _private() -> torch.Generator:
     """A fixed generator for a DataLoader's worker seeds: without one, every iteration draws from the
     global torch RNG, which a training in a parallel thread may be initialising its weights from."""

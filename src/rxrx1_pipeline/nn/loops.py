@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from rxrx1_pipeline.nn.data import StoreSites, dihedral, loader, random_dihedral, views_of_step
+from rxrx1_pipeline.nn.data import StoreSites, dihedral, loader, random_dihedral, statistics_loader, views_of_step
 from rxrx1_pipeline.schema import Training
 from rxrx1_pipeline.storage.images import ImageStore
 
@@ -228,7 +228,10 @@ def class_logits(net, embeddings: np.ndarray) -> np.ndarray:
 
 def adapt_batchnorm(net, norm, store: ImageStore, sites: pd.DataFrame, batch_size: int, workers: int) -> None:
     """Re-estimate every BatchNorm layer's statistics on ``sites`` (AdaBN: Li et al. 2016), e.g. one plate's
-    own images, so the network normalises that plate's batch effect away. Weights are unchanged."""
+    own images, so the network normalises that plate's batch effect away. Weights are unchanged. A last batch
+    of one site joins the batch before it; fewer than 2 sites in all raise a ValueError (no statistics)."""
+    if len(sites) < 2:
+        raise ValueError(f"BatchNorm statistics need at least 2 sites, got {len(sites)}")
     layers = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     for layer in layers:
         layer.reset_running_stats()
@@ -240,7 +243,8 @@ def adapt_batchnorm(net, norm, store: ImageStore, sites: pd.DataFrame, batch_siz
     for layer in layers:
         layer.train()
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-        for images, idx, _ in loader(StoreSites(store, sites["store_row"].to_numpy()), batch_size, workers):
+        for images, idx, _ in statistics_loader(StoreSites(store, sites["store_row"].to_numpy()), batch_size,
+                                                workers):
             net(norm(images.to(dev), plates[idx]))
     net.train(was_training)
 

@@ -29,7 +29,7 @@ class WellScorer:
                              f"the image store holds {site_images.image_size} px; re-run the train pipeline")
         self.net = load_model(model, device())
         self.norm = normaliser_from_stats(self.settings["normalization"], plate_stats)
-        self.store, self.inference = site_images, inference
+        self.store, self.inference, self.cell_line = site_images, inference, cell_line
         treatment = classes[classes["well_type"] == "treatment"].sort_values("sirna")
         self.class_index = treatment["class_index"].to_numpy()
         self.columns = treatment["sirna"].astype(str).tolist()
@@ -51,7 +51,13 @@ class WellScorer:
             emb = np.empty((len(sites), self.settings["embedding_dim"]), np.float32)
             for plate in np.unique(plate_of):
                 rows = np.flatnonzero(plate_of == plate)
-                adapt_batchnorm(net, norm, self.store, all_sites[all_sites["plate_index"] == plate], batch, workers)
+                own = all_sites[all_sites["plate_index"] == plate]
+                if len(own) < 2:
+                    raise ValueError(f"{self.cell_line}: inference.batchnorm is 'per_plate' but plate "
+                                     f"{own['experiment'].iloc[0]} plate {own['plate'].iloc[0]} has 1 site: BatchNorm "
+                                     "statistics cannot be estimated on one site; give every site of the plate "
+                                     "(controls too) or set inference.batchnorm: trained")
+                adapt_batchnorm(net, norm, self.store, own, batch, workers)
                 emb[rows] = embed_sites(net, norm, self.store, sites.iloc[rows], batch, workers, tta)
             net.load_state_dict(trained)
         else:
