@@ -124,3 +124,21 @@ def test_a_cell_line_without_treatment_sites_scores_nothing_and_reads_nothing(tm
         logits, embeddings = score_cell_line({"settings": {"image_size": 8}}, sites, pd.DataFrame(), line, None,
                                              ImageSource())  # the images do not exist: none is read
         assert logits.empty and embeddings.empty
+
+
+def test_a_table_without_well_type_is_all_treatments_with_a_warning_and_controls_counted_in_are_named(caplog):
+    """No well_type column: every site is a treatment (logged); a plate with more treatment wells than a plate
+    group has siRNAs (its controls listed without the column) is refused naming well_type."""
+    import logging
+
+    groups = pd.DataFrame({"sirna": [0, 1, 2, 3], "group": [0, 0, 1, 1]})  # 2 siRNAs per plate group
+    with caplog.at_level(logging.WARNING):
+        sites, wells = prepare_new_sites(_sites(), groups)  # one treatment well per plate: fine
+    assert set(sites["well_type"]) == {"treatment"} and len(wells) == 2
+    assert "has no well_type column: every site is taken as a treatment well" in caplog.text
+    three = pd.DataFrame({"experiment": ["HUVEC-17"] * 3, "plate": [1] * 3, "well": ["B02", "B03", "B04"],
+                          "site": [1] * 3, "image_prefix": ["x/0", "x/1", "x/2"]})
+    with pytest.raises(ScoringInputError, match=r"HUVEC-17 plate 1 has 3 treatment wells but a plate group holds 2 "
+                                                r"siRNAs: .*give them a well_type column"):
+        prepare_new_sites(three, groups)
+    assert len(prepare_new_sites(three.assign(well_type=["treatment", "treatment", "negative_control"]), groups)[1]) == 3

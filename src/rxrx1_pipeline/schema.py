@@ -10,6 +10,7 @@ Rules that span blocks (a fine-tuned cell line needs a trained shared model...) 
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
@@ -240,6 +241,14 @@ class Training(Strict):
         return self
 
     @model_validator(mode="after")
+    def _backbone_takes_the_size(self):
+        problem = backbone_input_problem(self.arch, self.image_size)
+        if problem:
+            raise ValueError(f"image_size = {self.image_size}: the backbone arch {self.arch!r} cannot take "
+                             f"{self.image_size} px images ({problem}); choose another arch or image_size")
+        return self
+
+    @model_validator(mode="after")
     def _global_batch(self):
         world = self.distributed.nproc_per_node
         if isinstance(world, int):
@@ -248,6 +257,23 @@ class Training(Strict):
             raise ValueError(f"batch_size {self.batch_size} is the global batch: it must divide by the "
                              f"{world} DDP processes, leaving at least 2 sites each")
         return self
+
+
+@functools.lru_cache(maxsize=64)
+def backbone_input_problem(arch: str, image_size: int) -> str | None:
+    """What goes wrong when timm's ``arch`` (6 channels) embeds two ``image_size`` px images, or None. Built and
+    run on torch's meta device (shapes only: no weights, no arithmetic), so even a large backbone takes ~0.1 s;
+    this catches e.g. a ViT built for 224 px, which timm refuses by an assertion at the first batch."""
+    import timm
+    import torch
+
+    try:
+        with torch.device("meta"):
+            timm.create_model(arch, pretrained=False, in_chans=6, num_classes=0).eval()(
+                torch.zeros(2, 6, image_size, image_size))
+    except (AssertionError, RuntimeError, ValueError) as exc:
+        return f"timm: {exc}".strip()
+    return None
 
 
 # The settings that define a network: a cell line fine-tuned from the shared model keeps the shared model's.

@@ -159,6 +159,10 @@ BAD_INPUTS = {
         edit("train_controls.csv", "C03,10,positive_control", "C03,1,positive_control"),
         r"^train_controls\.csv: row HEPG2-01_1_C03: positive_control siRNA id 1 is also a treatment siRNA id "
         r"\(train\.csv, e\.g\. row HEPG2-01_1_B04\); control ids must lie above every treatment id$"),
+    "control_id_of_both_kinds": (
+        edit("test_controls.csv", "C04,11,positive_control", "C04,12,positive_control"),
+        r"^test_controls\.csv: row HUVEC-02_4_C04: positive_control siRNA id 12 is also the negative_control id of "
+        r"train_controls\.csv \(e\.g\. row HEPG2-01_1_B02\): a control id must be of one kind"),
     "test_csv_header_only": ({"test.csv": "id_code,experiment,plate,well\n"},
                              r"^test\.csv: no wells \(a header only\): there is nothing to predict"),
     "unknown_well_type": (edit("test_controls.csv", "11,positive_control", "11,treatment"),
@@ -197,6 +201,16 @@ def test_a_test_set_of_some_cell_lines_is_ingested_and_says_which_lines_it_lacks
         wells = build_wells(*tables(edit("test.csv", "HUVEC-02_4_O22,HUVEC-02,4,O22\n", "")))
     assert set(wells.loc[(wells["split"] == "test") & (wells["well_type"] == "treatment"), "cell_line"]) == {"HEPG2"}
     assert "No test wells of cell line(s) HUVEC: their models still train" in caplog.text
+
+
+def test_a_data_set_of_one_cell_line_is_ingested_and_says_which_lines_get_no_model(caplog):
+    import logging
+
+    one = {f: "\n".join(line for line in CSV[f].splitlines() if "HUVEC" not in line) + "\n" for f in FILES}
+    with caplog.at_level(logging.INFO):
+        wells = build_wells(*tables(one))
+    assert set(wells["cell_line"]) == {"HEPG2"} and len(wells) == 8
+    assert "No wells of cell line(s) HUVEC, RPE, U2OS in this data set: they get no model" in caplog.text
 
 
 def test_several_bad_rows_are_counted():

@@ -100,6 +100,7 @@ def build_wells(
                             "train every model before failing; add the test wells (or point data_root at a "
                             "complete download)")
     check_sirna_ids(checked)
+    check_control_kinds(checked)
 
     parts = []
     for file, df in checked.items():
@@ -155,6 +156,26 @@ def check_sirna_ids(checked: dict[str, pd.DataFrame]) -> None:
             if len(same) else "")
     _fail("train.csv", train, train["sirna"] >= first_control,
           f"siRNA id {{sirna}} out of range (treatment ids must be below the control ids, >= {first_control}){also}")
+
+
+def check_control_kinds(checked: dict[str, pd.DataFrame]) -> None:
+    """Each control siRNA id is of one kind: an id listed both as a negative and as a positive control would be
+    trained as one class. The error names a row of the rarer kind for that id and a row of the other."""
+    controls = pd.concat([checked[f].assign(_file=f) for f in CONTROL_FILES], ignore_index=True)
+    kinds = controls.groupby("sirna")["well_type"].transform("nunique")
+    mixed = controls[kinds > 1]
+    if mixed.empty:
+        return
+    sirna = mixed["sirna"].iloc[0]
+    rows = mixed[mixed["sirna"] == sirna]
+    rare = rows["well_type"].value_counts().index[-1]
+    other = rows[rows["well_type"] != rare].iloc[0]
+    bad = rows[rows["well_type"] == rare]
+    file = str(bad["_file"].iloc[0])
+    _fail(file, bad[bad["_file"] == file], pd.Series(True, index=bad.index[bad["_file"] == file]),
+          f"{{well_type}} siRNA id {{sirna}} is also the {other['well_type']} id of {other['_file']} (e.g. row "
+          f"{other['id_code']}): a control id must be of one kind (negative or positive), or both would be trained "
+          "as one class")
 
 
 def check_cell_lines_and_splits(wells: pd.DataFrame) -> None:

@@ -17,15 +17,19 @@ from rxrx1_pipeline.nn.wells import WellScorer, combine_cell_lines
 from rxrx1_pipeline.schema import ImageSource, Inference
 from rxrx1_pipeline.storage.images import N_CHANNELS, MemoryStore, PngSites, plate_statistics, read_fitted
 
-from .sites import ScoringInputError, check_new_sites
+from .sites import ScoringInputError, check_new_sites, check_treatment_counts
 
 log = logging.getLogger(__name__)
 
 
-def prepare_new_sites(new_sites: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The input table checked (``sites.check_new_sites``), and its wells in the format of ``wells``
-    (siRNA unknown) for the post-processing nodes."""
+def prepare_new_sites(new_sites: pd.DataFrame, sirna_groups: pd.DataFrame | None = None
+                      ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The input table checked (``sites.check_new_sites``; with ``sirna_groups``, no plate with more treatment
+    wells than a plate group has siRNAs), and its wells in the format of ``wells`` (siRNA unknown) for the
+    post-processing nodes."""
     sites = check_new_sites(new_sites)
+    if sirna_groups is not None:
+        check_treatment_counts(sites, sirna_groups)
     wells = sites.drop_duplicates("id_code")[["id_code", "experiment", "cell_line", "plate", "well", "well_type"]]
     wells = wells.assign(sirna=pd.array([pd.NA] * len(wells), dtype="Int64")).reset_index(drop=True)
     counts = wells.groupby("experiment")["well_type"].apply(lambda t: (t == "treatment").sum())

@@ -24,7 +24,7 @@ def create_pipeline(**kwargs) -> Pipeline:
     per_line = sum((Pipeline(create_template(), namespace=cl, inputs={"scoring_sites", "classes"},
                              parameters={"inference", "images"}) for cl in CELL_LINES), start=Pipeline([]))
     return per_line + Pipeline([
-        Node(prepare_new_sites, INPUT, ["scoring_sites", "scoring_wells"], name="prepare_new_sites"),
+        Node(prepare_new_sites, [INPUT, "sirna_groups"], ["scoring_sites", "scoring_wells"], name="prepare_new_sites"),
         *[Node(stack_cell_lines, [f"{cl}.scoring_{name}" for cl in CELL_LINES], f"scoring_{name}",
                name=f"stack_scoring_{name}") for name in ("logits", "embeddings")],
         Node(infer_layouts, ["scoring_logits", "scoring_wells", "sirna_groups", "plate_layouts",

@@ -9,17 +9,22 @@ Columns of the table (one row per site; the six channel images of a site are ``<
 - ``well_type`` (optional, default ``treatment``): ``treatment``, ``negative_control`` or
   ``positive_control``. Control sites are scored for nothing but enter their plate's image statistics
   (plate normalisation, per-plate BatchNorm), as in the run that trained the model: list them to score a
-  new experiment exactly as the run scored its own test experiments.
+  new experiment exactly as the run scored its own test experiments. Without the column every site is a
+  treatment (a table of treatment sites only needs none); a warning says so, and a plate with more treatment
+  wells than a plate group has siRNAs (its controls listed without ``well_type``) is refused naming the column.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pandas as pd
 
 from rxrx1_pipeline.leak.plates import CELL_LINES, EXPERIMENT_NAME, PLATES, SITES, WELLS, cell_line_of, id_code
 from rxrx1_pipeline.storage.downloads import IMAGE_ROOT, KAGGLE, RELEASE, RELEASE_FILE, read_download
+
+log = logging.getLogger(__name__)
 
 REQUIRED = ("experiment", "plate", "well", "site", "image_prefix")
 WELL_TYPES = ("treatment", "negative_control", "positive_control")
@@ -40,6 +45,8 @@ def check_new_sites(table: pd.DataFrame) -> pd.DataFrame:
                                 f"{', '.join(REQUIRED)}, and optionally well_type)")
     sites = table.reset_index(drop=True).copy()
     if "well_type" not in sites:
+        log.warning("The sites table has no well_type column: every site is taken as a treatment well (give "
+                    "controls a well_type of negative_control or positive_control)")
         sites["well_type"] = "treatment"
     for column in ("experiment", "well", "well_type", "image_prefix"):
         _refuse(sites, sites[column].isna(), f"empty {column}")
@@ -62,6 +69,20 @@ def check_new_sites(table: pd.DataFrame) -> pd.DataFrame:
     if not (sites["well_type"] == "treatment").any():
         raise ScoringInputError("the sites table has no treatment site: there is nothing to score")
     return sites.sort_values(["id_code", "site"], ignore_index=True)
+
+
+def check_treatment_counts(sites: pd.DataFrame, sirna_groups: pd.DataFrame) -> None:
+    """Each plate holds at most one treatment well per siRNA of its plate group: more treatment wells than the
+    largest group has siRNAs are controls taken for treatments (or another plate's wells), named by column."""
+    limit = int(sirna_groups["group"].value_counts().max())
+    wells = sites[sites["well_type"] == "treatment"].drop_duplicates("id_code")
+    counts = wells.groupby(["experiment", "plate"]).size()
+    over = counts[counts > limit]
+    if len(over):
+        (experiment, plate), n = over.index[0], int(over.iloc[0])
+        raise ScoringInputError(f"sites table: {experiment} plate {plate} has {n} treatment wells but a plate group "
+                                f"holds {limit} siRNAs: its controls are listed as treatments; give them a well_type "
+                                "column (negative_control / positive_control)")
 
 
 def _refuse(sites: pd.DataFrame, bad: pd.Series, problem: str) -> None:
