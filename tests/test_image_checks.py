@@ -71,3 +71,16 @@ def test_store_build_refuses_a_16_bit_png_before_writing_anything(site: Path, tm
     with pytest.raises(ImageFormatError, match=rf"image {file} is mode I;16 \(16-bit"):
         build_store(store, job, workers=1)
     assert not store.exists() and not staging_path(store).exists()
+
+
+def test_a_site_of_another_resolution_is_refused_before_the_store_is_written(site: Path, tmp_path: Path):
+    """One site at 24 px among 12 px sites: resizing it to the store's size would change its cells' scale."""
+    second = "train/X-01/Plate1/B03_s1"
+    write_site(site, second, np.zeros((6, 24, 24), np.uint8))
+    store = tmp_path / "store"
+    with pytest.raises(ImageFormatError) as err:
+        build_store(store, DecodeJob(PngSites(site), (PREFIX, second), 8), workers=1)
+    assert str(err.value).startswith(f"image {site / second}_w1.png is 24 x 24 px but the other sites are 12 x 12 px "
+                                     f"(e.g. {site / PREFIX}_w1.png): every site of a data set must have one "
+                                     "resolution")
+    assert not store.exists() and not staging_path(store).exists()

@@ -79,9 +79,12 @@ def _check_channel(file: Path, im, first: tuple[Path, tuple[int, int]] | None) -
 
 def check_pngs(source: "PngSites", prefixes) -> None:
     """Open the header of every PNG of these sites (no pixels decoded) and refuse, naming the file, any that
-    is not 8-bit single-channel or not the size of its site's other channels; missing files too."""
+    is not 8-bit single-channel, not the size of its site's other channels, or not the size of the first site's
+    (a site of another resolution, e.g. another magnification, would be resized to the others' scale without a
+    word: its cells would look larger or smaller than every other site's); missing files too."""
     from PIL import Image
 
+    reference = None  # the first site's first channel: (file, size)
     for prefix in prefixes:
         first = None
         for c in CHANNELS:
@@ -93,6 +96,13 @@ def check_pngs(source: "PngSites", prefixes) -> None:
                 raise
             except (OSError, ValueError) as exc:
                 raise OSError(f"cannot read image {file}: {exc}") from exc
+        reference = reference or first
+        if first[1] != reference[1]:
+            (w, h), (rw, rh) = first[1], reference[1]
+            raise ImageFormatError(f"image {first[0]} is {w} x {h} px but the other sites are {rw} x {rh} px (e.g. "
+                                   f"{reference[0]}): every site of a data set must have one resolution, or a site "
+                                   "would be resized to another scale without a word; resize or crop the odd "
+                                   "sites yourself if that is what you want")
 
 
 def read_site(root: Path, prefix: str, size: int | None = None) -> np.ndarray:

@@ -15,7 +15,14 @@ from tqdm.auto import tqdm
 from rxrx1_pipeline.leak.assignment import plate_group_of_wells
 from rxrx1_pipeline.nn.wells import WellScorer, combine_cell_lines
 from rxrx1_pipeline.schema import ImageSource, Inference
-from rxrx1_pipeline.storage.images import N_CHANNELS, MemoryStore, PngSites, plate_statistics, read_fitted
+from rxrx1_pipeline.storage.images import (
+    N_CHANNELS,
+    MemoryStore,
+    PngSites,
+    check_pngs,
+    plate_statistics,
+    read_fitted,
+)
 
 from .sites import ScoringInputError, check_new_sites, check_treatment_counts
 
@@ -51,6 +58,7 @@ def score_cell_line(model: dict, scoring_sites: pd.DataFrame, classes: pd.DataFr
                                 f"the run trained no {cell_line} model: its data set had no {cell_line} wells")
     size = model["settings"]["image_size"]
     reader = PngSites(Path("."))  # prefixes are absolute or relative to the working directory
+    check_pngs(reader, sites["image_prefix"])  # every header: 8-bit, one resolution, before a pixel is read
     pixels = np.empty((len(sites), N_CHANNELS, size, size), np.uint8)
     for row, prefix in enumerate(tqdm(sites["image_prefix"], desc=f"{cell_line}: reading sites", unit="site",
                                       mininterval=1, disable=None)):
