@@ -56,7 +56,11 @@ BAD = {
     "zero held out": (("HUVEC", "training", "valid_experiments"), 0,
                       r"HUVEC\.training\.valid_experiments = 0: must be"),
     "unknown head": (("U2OS", "training", "head"), "cos", r"U2OS\.training\.head = 'cos': Input should be 'cosface'"),
-    "typo key": (("HEPG2", "training", "epoch"), 3, r"HEPG2\.training\.epoch = 3: Extra inputs are not permitted"),
+    "typo key": (("HEPG2", "training", "epoch"), 3, r"HEPG2\.training\.epoch = 3: Extra inputs are not permitted "
+                                                   r"\(did you mean epochs\?\)"),
+    "nested typo key": (("HEPG2", "training", "augment"), {"cutmx": 0.5},
+                        r"HEPG2\.training\.augment\.cutmx = 0\.5: Extra inputs are not permitted \(did you mean "
+                        r"cutmix\?\)"),
     "tta 9": (("inference", "tta"), 9, r"inference\.tta = 9: Input should be less than or equal to 8"),
     "unknown cell line": (("synthetic", "cell_lines"), ["HEPG2", "A549"], r"synthetic\.cell_lines\.1 = 'A549'"),
     "too many siRNAs": (("synthetic", "sirnas_per_group"), 400, r"must fit the 308 wells"),
@@ -121,6 +125,42 @@ def test_an_unknown_block_is_refused_naming_its_file_and_the_nearest_block(proje
         validate_parameters({**conf(), "inferance": {"tta": 4}})
 
 
+def test_unknown_keys_are_found_at_every_level_with_the_nearest_known_key():
+    from rxrx1_pipeline.schema import unknown_keys
+
+    params = conf()
+    params["HEPG2"] = {**params["HEPG2"], "training": {"lrr": 0.1, "augment": {"cutmx": 1},
+                                                       "lr_cycles": [{"lr": 0.1, "until_epch": 3}]}}
+    params["postprocess"] = {**params["postprocess"], "assignment": {"temprature": 1}}
+    params["synthetic"] = {**params["synthetic"], "experiments": {"train": 1, "tset": 2, "HUVEC": {"tst": 1}}}
+    params["_recipe"] = {"anything": 1}  # a YAML anchor: not read, not refused
+    assert unknown_keys(params) == {
+        "HEPG2.training.lrr": " (did you mean lr?)", "HEPG2.training.augment.cutmx": " (did you mean cutmix?)",
+        "HEPG2.training.lr_cycles.0.until_epch": " (did you mean until_epoch?)",
+        "postprocess.assignment.temprature": " (did you mean temperature?)",
+        "synthetic.experiments.tset": " (did you mean test?)", "synthetic.experiments.HUVEC.tst": " (did you mean test?)"}
+    assert unknown_keys(conf()) == {}
+
+
+def test_a_nested_unknown_key_is_refused_naming_its_file_and_the_nearest_key_before_anything_runs(project_copy):
+    from tests.conftest import session_run
+
+    train = project_copy / "conf/base/parameters_train.yml"
+    train.write_text(train.read_text().replace("HUVEC:\n  cell_line: HUVEC\n  training: {}",
+                                               "HUVEC:\n  cell_line: HUVEC\n  training:\n    augment: {cutmx: 0.5}"))
+    with pytest.raises(ParameterError, match=r"HUVEC\.training\.augment\.cutmx = 0\.5: no such setting in "
+                                             r"base/parameters_train\.yml \(did you mean cutmix\?\)"):
+        session_run(project_copy, "postprocess")  # a pipeline that does not even read the block
+    train.write_text(train.read_text().replace("augment: {cutmx: 0.5}", "augment: {}"))
+    with pytest.raises(ParameterError, match=r"RPE\.training\.epoch = 3: no such setting \(given with --params\) "
+                                             r"\(did you mean epochs\?\)"):
+        session_run(project_copy, "full", {"RPE": {"training": {"epoch": 3}}})
+    assert not any(p.is_file() for p in (project_copy / "data").rglob("*") if p.name != ".gitkeep")
+    import mlflow
+
+    assert mlflow.active_run() is None
+
+
 def test_a_run_with_bad_parameters_writes_nothing(project_copy):
     from kedro.validation.exceptions import ParameterValidationError
 
@@ -137,9 +177,11 @@ def test_a_run_with_bad_parameters_writes_nothing(project_copy):
 
 @pytest.mark.parametrize("change, message", [
     ({"epochs": -3}, r"Parameter 'HEPG2\.training'.*epochs = -3: Input should be greater than or equal to 0"),
-    ({"epoch": 3}, r"Parameter 'HEPG2\.training'.*epoch = 3: Extra inputs are not permitted"),
     ({"arch": "resnet_nonexistent"}, r"arch = 'resnet_nonexistent': timm knows no model of that name"),
-], ids=["rule", "typo", "unknown model"])
+    ({"arch": "vit_tiny_patch16_224", "image_size": 64, "init": "scratch"},
+     r"Parameter 'HEPG2\.training'.*image_size = 64: the backbone arch 'vit_tiny_patch16_224' cannot take 64 px "
+     r"images \(timm: Input height \(64\) doesn't match model \(224\)"),
+], ids=["rule", "unknown model", "backbone of another size"])
 def test_kedro_builds_each_block_and_refuses_a_bad_one_before_any_node(project_copy, change, message):
     """Kedro validates a node's typed ``params:`` argument when it builds the catalog, before any node runs."""
     from kedro.validation.exceptions import ParameterValidationError

@@ -13,15 +13,17 @@ import pandas as pd
 from kedro.framework.hooks import hook_impl
 
 from rxrx1_pipeline.runs.locks import RUN_LOCK, FileLock, LockError
-from rxrx1_pipeline.schema import check_across_blocks, unknown_blocks
+from rxrx1_pipeline.schema import ParameterError, check_across_blocks, unknown_blocks, unknown_keys
 
 log = logging.getLogger(__name__)
 
 
 class ValidateParameters:
     """What Kedro's own check of each parameter block (the node's type hint: a model of ``schema.py``) cannot
-    see, before any node runs: the rules across blocks, and timm's ImageNet weights for every model trained
-    from them (fetched into timm's cache now, or the run stops naming the settings to change).
+    see, before any node runs: a key no node reads at any level of any parameters file (refused as soon as the
+    context exists, before Kedro builds the blocks, naming the file, the key and the nearest known key), the
+    rules across blocks, and timm's ImageNet weights for every model trained from them (fetched into timm's
+    cache now, or the run stops naming the settings to change).
 
     It runs before the other hooks (``tryfirst``), so a refused run leaves no open MLflow run behind.
     """
@@ -33,6 +35,15 @@ class ValidateParameters:
     def after_context_created(self, context) -> None:
         conf = Path(context.project_path) / "conf"
         self._conf = [conf / "base", conf / (context.env or "local")]
+        parameters = context.config_loader["parameters"]  # every parameters file, and --params
+        unknown = unknown_keys(parameters)
+        if unknown:
+            where = files_defining(unknown, self._conf)
+            raise ParameterError("invalid parameters (nothing was run):\n  " + "\n  ".join(
+                (f"{key}: no such parameter block" if "." not in key else
+                 f"{key} = {value_at(parameters, key)!r}: no such setting")
+                + (f" in {where[key]}" if key in where else " (given with --params)" if "." in key else "") + near
+                for key, near in unknown.items()))
 
     @hook_impl(tryfirst=True)
     def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
@@ -50,17 +61,32 @@ class ValidateParameters:
 
 
 def files_defining(keys, folders: list[Path]) -> dict[str, str]:
-    """For each top-level parameter key, the parameters files of ``folders`` that define it (comma-separated)."""
+    """For each parameter key (a dotted path, ``HEPG2.training.lr``), the parameters files of ``folders`` that
+    define it (comma-separated, relative to conf/), as Kedro's config loader finds them."""
     import yaml
 
     found: dict[str, list[str]] = {}
     for folder in folders:
-        for file in sorted(folder.glob("parameters*.yml")):
+        files = {*folder.glob("parameters*.yml"), *folder.glob("parameters*/**/*.yml"), *folder.glob("**/parameters*.yml")}
+        for file in sorted(files):
             content = yaml.safe_load(file.read_text()) or {}
             for key in keys:
-                if key in content:
-                    found.setdefault(key, []).append(f"{folder.name}/{file.name}")
+                if value_at(content, key, missing := object()) is not missing:
+                    found.setdefault(key, []).append(f"{folder.name}/{file.relative_to(folder)}")
     return {key: ", ".join(files) for key, files in found.items()}
+
+
+def value_at(mapping: dict, path: str, default=None):
+    """The value at a dotted ``path`` of nested dicts (a list position as a number), or ``default``."""
+    value = mapping
+    for part in path.split("."):
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            return default
+    return value
 
 
 # Catalog entries whose files are attached to the MLflow run once they are written.

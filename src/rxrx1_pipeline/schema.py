@@ -45,15 +45,19 @@ class Strict(BaseModel):
             return super().model_validate(obj, *args, **kwargs)
         except ValidationError as exc:
             # one line, which Kedro prefixes with the block's key ("Parameter 'HEPG2.training': ...")
-            raise ParameterError("invalid parameters (nothing was run): " + "; ".join(problems_of(exc))) from None
+            raise ParameterError("invalid parameters (nothing was run): " + "; ".join(problems_of(exc, "", cls))
+                                 ) from None
 
 
-def problems_of(exc: ValidationError, block: str = "") -> list[str]:
-    """One line per failed check of ``exc``: ``key = value: rule`` (``key: rule`` for a check across a block)."""
+def problems_of(exc: ValidationError, block: str = "", schema: type[BaseModel] | None = None) -> list[str]:
+    """One line per failed check of ``exc``: ``key = value: rule`` (``key: rule`` for a check across a block); an
+    unknown key of ``schema`` (the model that failed) also gets the nearest known key."""
     problems = []
     for error in exc.errors():
         key = ".".join([p for p in [block, *(str(p) for p in error["loc"])] if p])
         value, message = error.get("input"), error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden" and schema is not None:
+            message += did_you_mean(str(error["loc"][-1]), known_keys_at(schema, error["loc"][:-1]))
         if not key:  # a check across the whole block
             problems.append(message)
         else:
@@ -392,12 +396,81 @@ def validate_parameters(parameters: dict[str, Any], blocks: set[str] | None = No
         try:
             checked[block] = super(Strict, schema).model_validate(plain(parameters[block]))
         except ValidationError as exc:
-            problems += problems_of(exc, block)
+            problems += problems_of(exc, block, schema)
     problems += cross_block_problems({**parameters, **checked}, blocks if blocks is not None else set(BLOCKS))
     problems += [f"{key}: no such parameter block" + (f" (did you mean {near}?)" if near else "")
                  for key, near in unknown_blocks(parameters).items()]
     if problems:
         raise ParameterError("invalid parameters (nothing was run):\n  " + "\n  ".join(problems))
+
+
+def nested_schema(annotation: Any) -> type[BaseModel] | None:
+    """The parameter model a field's type holds (``Augment``, ``list[LrCycle]``, ``Distributed | None``), or None."""
+    import typing
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next((found for arg in typing.get_args(annotation) if (found := nested_schema(arg)) is not None), None)
+
+
+def known_keys_at(schema: type[BaseModel], loc: tuple) -> list[str]:
+    """The keys allowed at ``loc`` (a path of keys and list positions) inside ``schema``."""
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = schema.model_fields.get(str(part))
+        inner = nested_schema(field.annotation) if field is not None else None
+        if inner is None:
+            return []
+        schema = inner
+    return list(schema.model_fields)
+
+
+def did_you_mean(key: str, known: list[str]) -> str:
+    """`` (did you mean X?)`` with the known key nearest to ``key``, else the known keys (or nothing)."""
+    import difflib
+
+    near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    if near:
+        return f" (did you mean {near[0]}?)"
+    return f" (known: {', '.join(known)})" if known else ""
+
+
+def unknown_keys(parameters: dict[str, Any]) -> dict[str, str]:
+    """Every key of a parameters mapping that no node reads, at every level: dotted path (``HEPG2.training.lrr``)
+    -> `` (did you mean lr?)`` (or the known keys). Top-level keys are blocks (:func:`unknown_blocks`); inside a
+    block, the keys of its model and of every model nested in it; ``synthetic.experiments`` takes
+    ``train``/``test``, or a cell line holding them."""
+    found = {key: did_you_mean(key, [*BLOCKS, *RUNTIME_KEYS]) for key in unknown_blocks(parameters)}
+    for block, schema in BLOCKS.items():
+        if isinstance(parameters.get(block), dict):
+            found |= _unknown_in(parameters[block], schema, block)
+    experiments = (parameters.get("synthetic") or {}).get("experiments") if isinstance(parameters.get("synthetic"),
+                                                                                        dict) else None
+    if isinstance(experiments, dict):
+        counts = ["train", "test"]
+        for key, value in experiments.items():
+            if key not in [*counts, *CELL_LINES]:
+                found[f"synthetic.experiments.{key}"] = did_you_mean(key, [*counts, *CELL_LINES])
+            elif isinstance(value, dict):
+                found |= {f"synthetic.experiments.{key}.{k}": did_you_mean(k, counts) for k in value if k not in counts}
+    return found
+
+
+def _unknown_in(value: dict, schema: type[BaseModel], path: str) -> dict[str, str]:
+    found = {}
+    for key, given in value.items():
+        field = schema.model_fields.get(key)
+        if field is None:
+            found[f"{path}.{key}"] = did_you_mean(str(key), list(schema.model_fields))
+            continue
+        inner = nested_schema(field.annotation)
+        items = [(f"{path}.{key}", given)] if isinstance(given, dict) else [
+            (f"{path}.{key}.{i}", item) for i, item in enumerate(given)] if isinstance(given, list) else []
+        for where, item in items if inner is not None else ():
+            if isinstance(item, dict):
+                found |= _unknown_in(item, inner, where)
+    return found
 
 
 RUNTIME_KEYS = frozenset({"data_root"})  # top-level keys a run may be given besides the blocks (--params)
