@@ -208,3 +208,30 @@ def _execute_notebook(project: Path):
     NotebookClient(notebook, timeout=180, kernel_name="python3",
                    resources={"metadata": {"path": str(project / "notebooks")}}).execute()
     return notebook
+
+
+def test_a_data_set_of_one_cell_line_runs_the_readme_command(project_copy: Path):
+    """Synthetic data of HUVEC alone: `kedro run --pipelines=full` trains HUVEC (the shared model on HUVEC only),
+    gives the other lines no model, and submits HUVEC's test wells; then HUVEC alone from scratch, without any
+    shared model file, as `--pipelines=train --namespaces=HUVEC` with init: scratch."""
+    shrink_project(project_copy)
+    made = kedro_run(project_copy, "--pipelines=synthetic", "--params=synthetic.cell_lines=[HUVEC]", timeout=300)
+    assert made.returncode == 0, made.stderr[-3000:]
+    result = kedro_run(project_copy, "--pipelines=full", timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stderr + result.stdout
+    assert "No wells of cell line(s) HEPG2, RPE, U2OS in this data set: they get no model" in log
+    assert "shared model: no sites of HEPG2, RPE, U2OS in this data set: trained on HUVEC only" in log
+    data = project_copy / "data"
+    submission = pd.read_csv(data / "08_reporting/submission.csv")
+    assert len(submission) and submission["id_code"].str.startswith("HUVEC-").all()
+    metrics = pd.read_parquet(data / "08_reporting/postprocess_metrics.parquet")
+    assert set(metrics.loc[metrics["level"] == "cell_line", "name"]) == {"HUVEC"}
+    import torch
+
+    assert torch.load(data / "06_models/HEPG2/model.pt", weights_only=True) == {}
+    (data / "06_models/shared/model.pt").unlink()
+    alone = kedro_run(project_copy, "--pipelines=train", "--namespaces=HUVEC", "--params=HUVEC.training.init=scratch",
+                      timeout=300)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    assert "HUVEC epoch 2/2" in alone.stderr + alone.stdout
