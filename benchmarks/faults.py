@@ -44,7 +44,7 @@ if os.environ.get("FAULT") == "kill_during_csv_write":
     pd.DataFrame.to_csv = to_csv
 if os.environ.get("FAULT") == "kill_during_decode":
     import numpy as np
-    from rxrx1_pipeline import images
+    from rxrx1_pipeline.storage import images
     save = images._save_atomic
     def save_then_die(file, array):
         save(file, array)
@@ -66,15 +66,18 @@ time.sleep(600)
 '''
 
 
-def run(project: Path, *args: str, fault: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """`kedro run ARGS` in ``project``; output through files, so helpers outliving a killed run cannot hold
-    it open; whatever is left of the run's process group afterwards is killed."""
-    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "COLUMNS": "200",
-           "PYTHONPATH": f"{project / '.faults'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+def run(project: Path, *args: str, fault: str | None = None, timeout: float = 300, script: str | None = None
+        ) -> subprocess.CompletedProcess:
+    """`kedro run ARGS` in ``project`` (or ``python -c script ARGS`` with the project's src first on the path);
+    output through files, so helpers outliving a killed run cannot hold it open; whatever is left of the run's
+    process group afterwards is killed."""
+    paths = [str(project / ".faults"), *([str(project / "src")] if script else []), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "COLUMNS": "200", "PYTHONPATH": os.pathsep.join(paths)}
     if fault:
         env["FAULT"] = fault
+    command = [sys.executable, "-c", script, *args] if script else [str(KEDRO), "run", *args]
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen([str(KEDRO), "run", *args], cwd=project, env=env, stdout=out, stderr=err,
+        proc = subprocess.Popen(command, cwd=project, env=env, stdout=out, stderr=err,
                                 start_new_session=True)
         try:
             code = proc.wait(timeout)
@@ -124,6 +127,7 @@ class Case:
     check: Callable[[Path, subprocess.CompletedProcess], str] | None = None  # recovery: "" when right
     recovered: str = "recovered: same result as without the fault"
     cleanup: Callable[[Path], None] | None = None  # after the run (e.g. stop a process the fault started)
+    script: str | None = None  # run `python -c script ARGS` in the project instead of `kedro run ARGS`
 
 
 def edit_parquet(rel: str, change: Callable[[pd.DataFrame], None]) -> Callable[[Path], None]:
@@ -268,6 +272,118 @@ def tracked_into_the_copy(project: Path, result: subprocess.CompletedProcess) ->
 Check = Callable[[Path, subprocess.CompletedProcess], str]
 
 
+RAW = "data/01_raw/synthetic"
+
+
+def keep_rows(files: tuple[str, ...], keep: Callable[[pd.DataFrame], pd.Series]) -> Callable[[Path], None]:
+    """Rewrite these metadata CSVs with only the rows ``keep`` selects."""
+    def inject(project: Path) -> None:
+        for name in files:
+            table = pd.read_csv(project / RAW / name)
+            table[keep(table)].to_csv(project / RAW / name, index=False)
+    return inject
+
+
+def huvec(table: pd.DataFrame) -> pd.Series:
+    return table["experiment"].str.startswith("HUVEC-")
+
+
+def drop_shared_model(project: Path) -> None:
+    (project / "data/06_models/shared/model.pt").unlink()
+
+
+def first_site_pngs(project: Path) -> list[Path]:
+    first = sorted((project / RAW / "train").glob("HEPG2-*/Plate1/*_s1_w1.png"))[0]
+    return [first.with_name(first.name.replace("_w1", f"_w{c}")) for c in range(1, 7)]
+
+
+def rewrite_png_in_place(project: Path) -> None:
+    """One HEPG2 channel PNG fixed in place: other pixels, same size and name (its mtime moves)."""
+    from PIL import Image
+
+    file = first_site_pngs(project)[1]
+    pixels = 255 - np.asarray(Image.open(file))
+    time.sleep(0.01)
+    Image.fromarray(pixels).save(file)
+
+
+def site_of_double_resolution(project: Path) -> None:
+    """One HEPG2 site's six PNGs at twice the size of every other site (another magnification)."""
+    from PIL import Image
+
+    for file in first_site_pngs(project):
+        image = Image.open(file)
+        image.resize((2 * image.size[0], 2 * image.size[1])).save(file)
+
+
+def control_id_of_both_kinds(project: Path) -> None:
+    """One negative-control row of train_controls.csv gets the positive control's siRNA id."""
+    path = project / RAW / "train_controls.csv"
+    controls = pd.read_csv(path)
+    positive = controls.loc[controls["well_type"] == "positive_control", "sirna"].iloc[0]
+    controls.loc[controls.index[controls["well_type"] == "negative_control"][0], "sirna"] = positive
+    controls.to_csv(path, index=False)
+
+
+def nested_unknown_key(project: Path) -> None:
+    path = project / "conf/base/parameters_train.yml"
+    params = yaml.safe_load(path.read_text())
+    params["HEPG2"]["training"]["augment"] = {"cutmx": 0.5}
+    path.write_text(yaml.safe_dump(params))
+
+
+def not_printed(text: str) -> Check:
+    def check(project: Path, result: subprocess.CompletedProcess) -> str:
+        return f"the run said {text!r}" if text in result.stderr + result.stdout else ""
+    return check
+
+
+def submission_of(cell_line: str) -> Check:
+    def check(project: Path, result: subprocess.CompletedProcess) -> str:
+        ids = pd.read_csv(project / "data/08_reporting/submission.csv")["id_code"]
+        return "" if len(ids) and ids.str.startswith(f"{cell_line}-").all() else \
+            f"the submission holds wells of other lines than {cell_line}"
+    return check
+
+
+def batch_leaving_one(reference: Path, role_filter: Callable[[pd.DataFrame], pd.Series]) -> int:
+    """A batch size that leaves one site after whole batches on some HEPG2 plate of the selected sites."""
+    sites = pd.read_parquet(reference / "data/05_model_input/HEPG2/sites.parquet")
+    counts = sites[role_filter(sites)].groupby("plate_index").size()
+    return int(counts[counts >= 3].min()) - 1
+
+
+def fit_sites(sites: pd.DataFrame) -> pd.Series:
+    from rxrx1_pipeline.pipelines.train.nodes import sites_to_fit
+
+    return sites.index.isin(sites_to_fit(sites, "all_experiments").index)
+
+
+# Scores one test plate of HEPG2 as the scoring model does (pipelines/score: score_cell_line, WellScorer) with
+# the run's model, at a batch size that leaves one site of the plate after whole batches.
+SCORE_ONE_PLATE = """
+import sys
+from pathlib import Path
+from kedro.framework.session import KedroSession
+from kedro.framework.startup import bootstrap_project
+from rxrx1_pipeline.pipelines.score import experiment_sites
+from rxrx1_pipeline.pipelines.score.nodes import prepare_new_sites, score_cell_line
+from rxrx1_pipeline.schema import ImageSource, Inference
+bootstrap_project(Path.cwd())
+with KedroSession.create(project_path=Path.cwd()) as session:
+    catalog = session.load_context().catalog
+    model, classes, groups = (catalog.load(n) for n in ("HEPG2.model", "classes", "sirna_groups"))
+sites = experiment_sites("data/01_raw/synthetic", split="test")
+sites = sites[sites["experiment"].str.startswith("HEPG2") & (sites["plate"] == 1)]
+if sys.argv[1] == "no well_type":
+    sites = sites.drop(columns="well_type")
+sites, _ = prepare_new_sites(sites, groups)
+batch = len(sites) - 1
+logits, _ = score_cell_line(model, sites, classes, "HEPG2", Inference(batch_size=batch), ImageSource())
+print(f"scored {len(logits)} wells of a plate of {len(sites)} sites in batches of {batch} (per-plate BatchNorm)")
+"""
+
+
 def both(*checks: Check) -> Check:
     def check(project: Path, result: subprocess.CompletedProcess) -> str:
         return next((problem for problem in (c(project, result) for c in checks) if problem), "")
@@ -346,6 +462,59 @@ def cases(reference: Path) -> list[Case]:
         Case("project copied with its mlflow.db", nothing, ("--pipelines=postprocess",), "recover",
              check=both(tracked_into_the_copy, same_as(reference, submission)),
              recovered="the copy's runs log into its own mlruns/ (the experiment was repointed, with a warning)"),
+        # issue 29, items 7-12
+        Case("7 test set of one cell line", keep_rows(("test.csv", "test_controls.csv"), huvec), ("--pipelines=full",),
+             "recover", check=both(printed("No test wells of cell line(s) HEPG2, RPE, U2OS"), submission_of("HUVEC")),
+             recovered="every model trains and validates; the log names the lines without test wells; the "
+                       "submission holds HUVEC's wells"),
+        Case("7 data set of one cell line", keep_rows(("train.csv", "test.csv", "train_controls.csv",
+                                                       "test_controls.csv"), huvec), ("--pipelines=full",), "recover",
+             check=both(printed("No wells of cell line(s) HEPG2, RPE, U2OS in this data set"),
+                        printed("shared model: no sites of HEPG2, RPE, U2OS in this data set: trained on HUVEC only"),
+                        submission_of("HUVEC")),
+             recovered="the README's command runs: HUVEC trained (the shared model on HUVEC only), the other lines "
+                       "get no model (logged); the submission holds HUVEC's wells"),
+        Case("7 init: scratch without a shared model file", drop_shared_model,
+             ("--pipelines=train", "--namespaces=HUVEC", "--params=HUVEC.training.init=scratch"), "recover",
+             check=printed("HUVEC epoch 2/2"), recovered="HUVEC trains from scratch; the shared model is never read"),
+        Case("8 PNG rewritten in place", rewrite_png_in_place, ("--pipelines=train", "--namespaces=HEPG2"), "recover",
+             check=both(not_printed("already holds these"), not_printed("reusing it"), printed("HEPG2 epoch 2/2")),
+             recovered="the image store is rebuilt and HEPG2's model retrained (nothing reused)"),
+        Case("9 inference: a plate of k x batch + 1 sites", nothing,
+             ("--pipelines=inference", "--namespaces=HEPG2",
+              f"--params=inference.batch_size={batch_leaving_one(reference, lambda s: s['role'] != 'fit')}"),
+             "recover", check=printed("HEPG2: test logits for"),
+             recovered="per-plate BatchNorm merged the last site into the batch before; logits written"),
+        Case("9 inference: batch_size=1 with per-plate BatchNorm", nothing,
+             ("--pipelines=inference", "--params=inference.batch_size=1"), "batch_size = 1 with batchnorm: per_plate"),
+        Case("9 training: a plate of k x batch + 1 fit sites", nothing,
+             ("--pipelines=train", "--namespaces=HEPG2", "--params=HEPG2.training.batch_size="
+              f"{batch_leaving_one(reference, fit_sites)},HEPG2.training.epochs=1"), "recover",
+             check=printed("HEPG2 epoch 1/1"), recovered="the remainder site joined the batch before; trained"),
+        Case("9 DDP: one rank's share of 1 site", nothing,
+             ("--pipelines=train", "--params=HEPG2.training.batch_size=2,HEPG2.training.distributed.nproc_per_node=2"),
+             "leaving at least 2 sites each"),
+        Case("9 scoring: a plate of k x batch + 1 sites", nothing, ("with well_type",), "recover",
+             script=SCORE_ONE_PLATE, check=printed("(per-plate BatchNorm)"),
+             recovered="the scoring model's WellScorer merged the last site into the batch before"),
+        Case("11 shared_training.valid_experiments", nothing,
+             ("--pipelines=train", "--params=shared_training.valid_experiments=2"),
+             "the shared model holds out each cell line's own validation experiments"),
+        Case("11 control id of both kinds", control_id_of_both_kinds, ("--pipelines=ingest",),
+             "is also the positive_control id of train_controls.csv"),
+        Case("11 fine-tuned line of another arch", nothing,
+             ("--pipelines=train", "--params=HEPG2.training.arch=resnet18"),
+             "a cell line fine-tuned from the shared model keeps its network"),
+        Case("11 backbone that cannot take image_size", nothing,
+             ("--pipelines=train", "--params=HEPG2.training.arch=vit_tiny_patch16_224,HEPG2.training.init=scratch"),
+             "the backbone arch 'vit_tiny_patch16_224' cannot take 16 px images"),
+        Case("11 scoring table without well_type", nothing, ("no well_type",), "give them a well_type column",
+             script=SCORE_ONE_PLATE),
+        Case("11 site PNG of another resolution", site_of_double_resolution,
+             ("--pipelines=train", "--namespaces=HEPG2"),
+             "px but the other sites are 16 x 16 px"),
+        Case("12 nested unknown key", nested_unknown_key, ("--pipelines=postprocess",),
+             "HEPG2.training.augment.cutmx = 0.5: no such setting in base/parameters_train.yml (did you mean cutmix?)"),
     ]
 
 
@@ -419,6 +588,45 @@ def sigterm_during_training(base: Path, reference: Path, work: Path) -> dict:
                 reference / "data/08_reporting/submission.csv"))))}
 
 
+def kill_9_closes_the_mlflow_run(base: Path, reference: Path, work: Path) -> dict:
+    """kill -9 (what the OOM killer sends) during training leaves its MLflow run RUNNING; the next run on the
+    output root takes the dead run's lock over and marks that MLflow run KILLED."""
+    import sqlite3
+
+    project = work / "kill -9 then the next run"
+    shutil.copytree(base, project)
+
+    def statuses() -> dict[str, str]:
+        with sqlite3.connect(project / "mlflow.db") as con:
+            return dict(con.execute("SELECT run_uuid, status FROM runs").fetchall())
+
+    before = statuses()
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"}
+    proc = subprocess.Popen([str(KEDRO), "run", "--pipelines=train", "--namespaces=HEPG2",
+                             "--params=HEPG2.training.epochs=3"], cwd=project, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    checkpoint = project / "data/06_models/HEPG2/last_epoch.pt"
+    mtime = checkpoint.stat().st_mtime_ns
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and checkpoint.stat().st_mtime_ns == mtime:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    code = proc.wait()
+    killed = {run: status for run, status in statuses().items() if run not in before}
+    again = run(project, "--pipelines=postprocess")
+    after = statuses()
+    problems = [f"the killed run left {len(killed)} new MLflow runs"] * (len(killed) != 1)
+    problems += [f"MLflow run {run} is {after[run]} after the next run, not KILLED" for run in killed
+                 if after[run] != "KILLED"]
+    problems += [f"the next run exited {again.returncode}"] * bool(again.returncode)
+    return {"case": "10 kill -9 during training, then a run", "exit": f"{code}, then {again.returncode}",
+            "verdict": "FAILED" if problems else "ok",
+            "message": "; ".join(problems) or "the next run took the lock over and marked the dead run's MLflow run "
+                                               "KILLED (it was RUNNING)",
+            "changed": "", "half_written": ", ".join(half_written(project, len(pd.read_csv(
+                reference / "data/08_reporting/submission.csv"))))}
+
+
 def prepare(work: Path) -> Path:
     """A project copy with tiny settings, its synthetic data generated and the full pipeline run once."""
     base = copy_project(work / "base")
@@ -460,7 +668,7 @@ def main() -> None:
         shutil.copytree(base, project)
         case.inject(project)
         injected = fingerprint(project)
-        result = run(project, *case.args, fault=case.fault)
+        result = run(project, *case.args, fault=case.fault, script=case.script)
         output = result.stdout + result.stderr
         after = fingerprint(project)
         changed = sorted(f for f in set(after) | set(injected) if after.get(f) != injected.get(f))
@@ -491,7 +699,8 @@ def main() -> None:
                      "changed": changed_text, "half_written": ", ".join(half_written(project, rows_expected))})
         assert fingerprint(base) == before, "a case changed the base project"
     for name, case in (("kill -9 during training", kill_during_training), ("SIGTERM during training",
-                                                                            sigterm_during_training)):
+                                                                            sigterm_during_training),
+                       ("10 kill -9 during training, then a run", kill_9_closes_the_mlflow_run)):
         if selected(name, args.only):
             rows.append(case(base, reference, work))
     table = pd.DataFrame(rows)

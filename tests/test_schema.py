@@ -138,7 +138,8 @@ def test_unknown_keys_are_found_at_every_level_with_the_nearest_known_key():
         "HEPG2.training.lrr": " (did you mean lr?)", "HEPG2.training.augment.cutmx": " (did you mean cutmix?)",
         "HEPG2.training.lr_cycles.0.until_epch": " (did you mean until_epoch?)",
         "postprocess.assignment.temprature": " (did you mean temperature?)",
-        "synthetic.experiments.tset": " (did you mean test?)", "synthetic.experiments.HUVEC.tst": " (did you mean test?)"}
+        "synthetic.experiments.tset": " (did you mean test?)",
+        "synthetic.experiments.HUVEC.tst": " (did you mean test?)"}
     assert unknown_keys(conf()) == {}
 
 

@@ -141,4 +141,5 @@ def test_a_table_without_well_type_is_all_treatments_with_a_warning_and_controls
     with pytest.raises(ScoringInputError, match=r"HUVEC-17 plate 1 has 3 treatment wells but a plate group holds 2 "
                                                 r"siRNAs: .*give them a well_type column"):
         prepare_new_sites(three, groups)
-    assert len(prepare_new_sites(three.assign(well_type=["treatment", "treatment", "negative_control"]), groups)[1]) == 3
+    controls_named = three.assign(well_type=["treatment", "treatment", "negative_control"])
+    assert len(prepare_new_sites(controls_named, groups)[1]) == 3

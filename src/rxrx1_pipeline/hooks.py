@@ -67,7 +67,8 @@ def files_defining(keys, folders: list[Path]) -> dict[str, str]:
 
     found: dict[str, list[str]] = {}
     for folder in folders:
-        files = {*folder.glob("parameters*.yml"), *folder.glob("parameters*/**/*.yml"), *folder.glob("**/parameters*.yml")}
+        files = {*folder.glob("parameters*.yml"), *folder.glob("parameters*/**/*.yml"),
+                 *folder.glob("**/parameters*.yml")}
         for file in sorted(files):
             content = yaml.safe_load(file.read_text()) or {}
             for key in keys:

@@ -74,7 +74,8 @@ def no_wells(classes: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     in the logits."""
     columns = classes.loc[classes["well_type"] == "treatment", "sirna"].sort_values().astype(str).tolist()
     ids = pd.Series([], dtype=object)
-    return per_well(ids, np.empty((0, len(columns)), np.float32), columns), per_well(ids, np.empty((0, 0), np.float32), [])
+    return (per_well(ids, np.empty((0, len(columns)), np.float32), columns),
+            per_well(ids, np.empty((0, 0), np.float32), []))
 
 
 def centre_plates(embeddings: np.ndarray, plates: np.ndarray) -> np.ndarray:

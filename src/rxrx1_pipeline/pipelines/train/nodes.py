@@ -111,9 +111,9 @@ def train_model(model_sites: pd.DataFrame, site_images: ImageStore, plate_stats:
     ``training.controls`` chooses which control wells are fitted (:func:`sites_to_fit`). With ``training.init:
     shared`` the model starts from ``shared_model`` (trained on every cell line; a :class:`ModelFile` is read
     only then, so ``init: scratch`` never reads it and runs without one) and is fine-tuned for ``epochs`` epochs
-    (0: the shared model as it is). A cell line without sites in the data set gets no model (an empty dict). ``training.pseudo_labels.start_epoch`` > 0 adds
-    pseudo-labelled validation and test wells from that epoch on (``nn/pseudo.py``; needs ``sirna_groups``
-    and ``plate_layouts``).
+    (0: the shared model as it is). ``training.pseudo_labels.start_epoch`` > 0 adds pseudo-labelled validation
+    and test wells from that epoch on (``nn/pseudo.py``; needs ``sirna_groups`` and ``plate_layouts``). A cell
+    line without sites in the data set gets no model (an empty dict).
 
     Returns the trained model (settings + weights), the per-epoch history and the pseudo-labels
     (id_code, class_index, sirna, epoch added).

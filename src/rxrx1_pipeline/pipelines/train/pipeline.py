@@ -50,7 +50,8 @@ def create_training_pipeline() -> Pipeline:
                                   "training": "params:shared_training", "sirna_groups": "sirna_groups",
                                   "plate_layouts": "plate_layouts",
                                   **{f"{cl}_{name}": f"{cl}.{name}" for cl in CELL_LINES for name in LINE_INPUTS},
-                                  **{f"{cl}_{name}": f"params:{cl}.{name}" for cl in CELL_LINES for name in LINE_PARAMS}},
+                                  **{f"{cl}_{name}": f"params:{cl}.{name}"
+                                     for cl in CELL_LINES for name in LINE_PARAMS}},
              ["shared_model", "shared_history", "shared_pseudo_labels"], name="train_shared_model"),
     ])
     per_line_models = per_line(create_training_template(), {"classes", "shared_model", "sirna_groups", "plate_layouts"})
