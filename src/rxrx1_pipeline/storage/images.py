@@ -84,7 +84,7 @@ def check_pngs(source: "PngSites", prefixes) -> None:
     word: its cells would look larger or smaller than every other site's); missing files too."""
     from PIL import Image
 
-    reference = None  # the first site's first channel: (file, size)
+    sizes: dict[tuple[int, int], list[Path]] = {}  # each site size: the first channel files of its sites
     for prefix in prefixes:
         first = None
         for c in CHANNELS:
@@ -96,13 +96,16 @@ def check_pngs(source: "PngSites", prefixes) -> None:
                 raise
             except (OSError, ValueError) as exc:
                 raise OSError(f"cannot read image {file}: {exc}") from exc
-        reference = reference or first
-        if first[1] != reference[1]:
-            (w, h), (rw, rh) = first[1], reference[1]
-            raise ImageFormatError(f"image {first[0]} is {w} x {h} px but the other sites are {rw} x {rh} px (e.g. "
-                                   f"{reference[0]}): every site of a data set must have one resolution, or a site "
-                                   "would be resized to another scale without a word; resize or crop the odd "
-                                   "sites yourself if that is what you want")
+        sizes.setdefault(first[1], []).append(first[0])
+    if len(sizes) > 1:  # name a site of a rarer size against the most common one
+        (common, usual), *rest = sorted(sizes.items(), key=lambda item: -len(item[1]))
+        (size, odd), others = rest[-1], sum(len(files) for _, files in rest) - 1
+        raise ImageFormatError(f"image {odd[0]} is {size[0]} x {size[1]} px but the other sites are {common[0]} x "
+                               f"{common[1]} px (e.g. {usual[0]})" + (f"; {others} more sites of other sizes" if others
+                                                                       else "")
+                               + ": every site of a data set must have one resolution, or a site would be resized "
+                               "to another scale without a word; resize or crop the odd sites yourself if that is "
+                               "what you want")
 
 
 def read_site(root: Path, prefix: str, size: int | None = None) -> np.ndarray:
