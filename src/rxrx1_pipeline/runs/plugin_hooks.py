@@ -4,7 +4,10 @@ registration), each changed where its default misleads:
 - :class:`ProjectMlflowHook`: kedro-mlflow's hook (one MLflow run per ``kedro run``). A parameter block that
   Kedro built as a model (``schema.py``) is logged one setting per parameter (``HEPG2.training.lr``), not as one
   repr string beside them; the Kedro session id is tagged ``kedro.session_id`` (kedro-mlflow tags it ``run_id``,
-  next to MLflow's own run id); the experiment is tagged a machine-learning one (``mlflow.experimentKind``).
+  next to MLflow's own run id); the experiment is tagged a machine-learning one (``mlflow.experimentKind``). The
+  MLflow 3.17 UI chooses its view by the "GenAI / Model training" switch of its sidebar (remembered by the
+  browser, GenAI at first) or a ``workflowType`` in the address, not by that tag: a run ends by logging its page's
+  address in the Model training view.
 - :class:`MainJobWorkflow`: kedro-viz's recorder of the Workflow view (``.viz/kedro_pipeline_events.json``)
   keeps the last whole run of the main job; kedro-viz 12.5 lets any ``--pipelines=X`` run replace it.
 """
@@ -39,7 +42,12 @@ def plain_parameters(inputs: dict[str, Any]) -> dict[str, Any]:
 
 
 class ProjectMlflowHook(MlflowHook):
-    """kedro-mlflow's hook with flattened parameter blocks and tags that say what they hold (module docstring)."""
+    """kedro-mlflow's hook with flattened parameter blocks and tags that say what they hold (module docstring); a
+    run ends by logging the address of its page in the MLflow UI."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._experiment_id: str | None = None
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
@@ -49,6 +57,7 @@ class ProjectMlflowHook(MlflowHook):
         run = mlflow.active_run()
         if run is None or not self._is_mlflow_enabled:
             return
+        self._experiment_id = run.info.experiment_id
         mlflow.set_tag("kedro.session_id", run_params.get("run_id"))
         client = mlflow.MlflowClient()
         for key, value in EXPERIMENT_KIND.items():
@@ -57,6 +66,21 @@ class ProjectMlflowHook(MlflowHook):
     @hook_impl
     def before_node_run(self, node, catalog, inputs: dict[str, Any], is_async: bool) -> None:
         super().before_node_run(node, catalog, plain_parameters(inputs), is_async)
+
+    @hook_impl
+    def after_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
+        """Ends the run (kedro-mlflow), then says where to see it."""
+        super().after_pipeline_run(run_params, pipeline, catalog)
+        if self._is_mlflow_enabled and self.run_id is not None and self._experiment_id is not None:
+            ui = self.mlflow_config.ui
+            log.info("MLflow run %s: `kedro mlflow ui`, then %s", self.run_id,
+                     run_page(ui.host, ui.port, self._experiment_id, self.run_id))
+
+
+def run_page(host: str, port: str, experiment_id: str, run_id: str) -> str:
+    """The MLflow UI's page of a run, in its machine-learning view (MLflow 3.17 opens in its GenAI view unless the
+    URL or the switch at the top of its sidebar says otherwise)."""
+    return f"http://{host}:{port}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
 
 
 def is_main_job(run_params: dict[str, Any]) -> bool:
