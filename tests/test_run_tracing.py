@@ -105,6 +105,8 @@ def test_a_tracked_run_logs_settings_and_tags_that_say_what_they_hold(project_co
     params = run.data.params
     assert params["synthetic.image_size"] == "16" and params["synthetic.experiments.train"] == "3"
     assert not [name for name in params if not name.startswith("synthetic.")]  # no `synthetic` repr beside them
+    page = f"http://127.0.0.1:5000/#/experiments/{experiment}/runs/{run.info.run_id}?workflowType=machine_learning"
+    assert page in result.stdout + result.stderr  # the run ends by saying where to see it, in the runs view
     tags = run.data.tags
     assert "run_id" not in tags and len(tags["kedro.session_id"]) > 10
     assert tags["pipeline_names"] == "['synthetic']"
