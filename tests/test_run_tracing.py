@@ -2,8 +2,6 @@
 from a subfolder), a run logs each setting as its own parameter (no block as one repr string), its tags say what
 they hold, its experiment opens as a machine-learning one, and kedro viz's Workflow view keeps the main job."""
 
-from pathlib import Path
-
 import pytest
 import yaml
 

@@ -16,7 +16,9 @@ from rxrx1_pipeline.runs.tracking import CheckTrackingStore, MarkInterruptedRuns
 # is shown as usual.
 with warnings.catch_warnings(record=True):
     import kedro_mlflow.mlflow  # noqa: F401
-from rxrx1_pipeline.runs.plugin_hooks import DatasetStatsHook, MainJobWorkflow, ProjectMlflowHook  # noqa: E402
+# (imported after that block: the plugins' hooks import that model)
+from rxrx1_pipeline.runs.plugin_hooks import DatasetStatsHook, MainJobWorkflow, ProjectMlflowHook
+
 # When `full` logs the scoring model (pipelines/score), mlflow notes that a pickled Python model runs code when
 # loaded (true of every pickle; the README says to load only models of runs one trusts) and draws a progress bar
 # per file it copies: the run's log keeps neither.

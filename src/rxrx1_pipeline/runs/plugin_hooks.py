@@ -22,7 +22,7 @@ from kedro_mlflow.framework.hooks.mlflow_hook import MlflowHook
 from kedro_viz.integrations.kedro.hooks import DatasetStatsHook
 from kedro_viz.integrations.kedro.run_hooks import PipelineRunStatusHook
 
-__all__ = ["EXPERIMENT_KIND", "MainJobWorkflow", "ProjectMlflowHook", "DatasetStatsHook", "is_main_job"]
+__all__ = ["EXPERIMENT_KIND", "DatasetStatsHook", "MainJobWorkflow", "ProjectMlflowHook", "is_main_job"]
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,9 @@ Three hooks beside kedro-mlflow's own (which opens and closes one MLflow run per
   relative SQLite file (``sqlite:///mlflow.db``) is taken from the project folder, not from wherever Python
   started (a notebook's folder, a script's); the SQLite file of ``server.mlflow_tracking_uri`` must be a
   readable, writable, sound database in a writable folder, the experiment's artifact folder writable, a server
-  URI reachable; each error names the file or address and the setting to change. An experiment whose artifact folder lies outside the project (the
-  project was copied or moved with its ``mlflow.db``) is pointed at the project's own ``mlruns/``.
+  URI reachable; each error names the file or address and the setting to change. An experiment whose artifact
+  folder lies outside the project (the project was copied or moved with its ``mlflow.db``) is pointed at the
+  project's own ``mlruns/``.
 - :class:`TrackingCannotFailRuns`: wraps the hooks that log during and after the run; an error raised by
   MLflow code there is logged, collected and summarised at the end, and the run goes on.
 - :class:`MarkInterruptedRuns`: on SIGTERM, SIGHUP or Ctrl-C during a run, the MLflow run is ended as KILLED.
@@ -104,8 +105,7 @@ class CheckTrackingStore:
 
 def _sqlite_file(uri: str) -> Path:
     """The database file of a ``sqlite:///`` URI (relative for ``sqlite:///mlflow.db``)."""
-    path = unquote(urlparse(uri).path)
-    return Path(path[1:] if path.startswith("/") else path)
+    return Path(unquote(urlparse(uri).path).removeprefix("/"))
 
 
 def project_store_uri(uri: str, project: Path) -> str:
