@@ -102,7 +102,9 @@ def test_two_machines_on_one(project_copy: Path, monkeypatch):
     procs, logs = _machines(project_copy, epochs=4, name="kill", port=port)
     deadline = time.monotonic() + 240
     while not any("HEPG2 epoch 1/4" in log.read_text() for log in logs):
-        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), logs[0].read_text()[-3000:]
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), \
+            "\n".join(f"machine {k} (exit {p.poll()}):\n{log.read_text()[-3000:]}"
+                      for k, (p, log) in enumerate(zip(procs, logs)))
         time.sleep(0.5)
     killed = next(k for k, log in enumerate(logs) if "HEPG2 epoch 1/4" not in log.read_text())  # the worker
     os.killpg(procs[killed].pid, signal.SIGKILL)

@@ -15,3 +15,25 @@ def test_full_dag_layers_are_in_data_flow_order():
     order = ["raw", "intermediate", "model_input", "models", "model_output", "reporting"]
     assert sorted(order, key=layers.index) == order
     assert layers.index("primary") < layers.index("models")
+
+
+def test_kedro_viz_starts_without_pipelineml_warnings():
+    """kedro viz splits `full` (kedro-mlflow's PipelineML) by namespace at start: no "no longer a 'PipelineML'"
+    warning per split (76 of them with kedro-mlflow's own methods)."""
+    import logging
+
+    from kedro_viz.server import load_and_populate_data
+
+    messages: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger = logging.getLogger("kedro_mlflow.pipeline.pipeline_ml")
+    logger.addHandler(handler)
+    level, logger.level = logger.level, logging.WARNING
+    try:
+        load_and_populate_data(ROOT)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert not [m for m in messages if "no longer a 'PipelineML'" in m]
+

@@ -100,13 +100,13 @@ class TrackRun:
 
     Per-epoch training curves become metric histories (``HEPG2.loss`` at step = epoch), the stage table
     becomes ``valid.<name>.<stage>`` metrics, and the files in ``ARTIFACTS`` are attached after their
-    (atomic) save. Without an active run, e.g. a pipeline run outside a Kedro session, it does nothing.
+    (atomic) save. Without an active run, e.g. a pipeline run outside a Kedro session, it does nothing. The
+    parameters are logged by kedro-mlflow's hook (runs/plugin_hooks.py), one setting per MLflow param.
     """
 
     def __init__(self) -> None:
         self._catalog = None
         self._project: Path | None = None
-        self._logged_blocks: set[str] = set()
 
     @hook_impl
     def after_context_created(self, context) -> None:
@@ -129,7 +129,6 @@ class TrackRun:
         from rxrx1_pipeline.runs.tracking import source_version
         from rxrx1_pipeline.schema import changed_settings
 
-        self._logged_blocks = set()
         source = source_version(self._project or Path.cwd())
         run = mlflow.active_run()
         if run is not None:
@@ -137,25 +136,11 @@ class TrackRun:
                              "mlflow.source.git.commit": source["commit"], "source.dirty": str(source["dirty"])})
         if "run_identity" in catalog:
             catalog.save("run_identity", {
-                "run": run.info.run_id if run is not None else f"kedro session {run_params.get('session_id')}",
+                "run": run.info.run_id if run is not None else f"kedro session {run_params.get('run_id')}",
                 "started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                 "environment": run_params.get("env") or "local", "pipeline": run_params.get("pipeline_names")
                 or run_params.get("pipeline_name") or "__default__", **source,
                 "settings": changed_settings(catalog.load("parameters"))})
-
-    @hook_impl
-    def before_node_run(self, node, inputs: dict) -> None:
-        """Each parameter block Kedro built as a model is logged one setting per MLflow param, e.g.
-        ``HEPG2.training.lr`` (kedro-mlflow flattens plain dicts only), once per run however many nodes read it."""
-        import mlflow
-        from pydantic import BaseModel
-
-        if mlflow.active_run() is None:
-            return
-        for name, value in inputs.items():
-            if name.startswith("params:") and isinstance(value, BaseModel) and name not in self._logged_blocks:
-                mlflow.log_params(flatten(value.model_dump(mode="json"), name.removeprefix("params:")))
-                self._logged_blocks.add(name)
 
     @hook_impl
     def after_dataset_saved(self, dataset_name: str, data) -> None:
@@ -194,17 +179,6 @@ def tracked_metrics(dataset_name: str, data: pd.DataFrame) -> dict[str, list[tup
         return {f"{split}.{row['name']}.{stage}": [(0, float(row[stage]))]
                 for _, row in rows.iterrows() for stage in stages}
     return {}
-
-
-def flatten(values: dict, prefix: str) -> dict[str, str]:
-    """``{"a": {"b": 1}}`` as ``{"<prefix>.a.b": "1"}`` (lists as their text)."""
-    flat = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}.{key}"))
-        else:
-            flat[f"{prefix}.{key}"] = str(value)
-    return flat
 
 
 def runner_name(runner: str) -> str:

@@ -55,6 +55,16 @@ class FullPipeline(PipelineML):
     def log_model_kwargs(self, kwargs: dict) -> None:
         self._logging = kwargs
 
+    # kedro viz splits `full` into each namespace it draws and the rest (76 calls at start). kedro-mlflow answers
+    # with plain Pipelines, as here, but warns at each call that the result is no longer a PipelineML.
+    def only_nodes_with_namespaces(self, node_namespaces: list[str]) -> Pipeline:
+        """The nodes of ``node_namespaces``, as a plain Pipeline."""
+        return self.training.only_nodes_with_namespaces(node_namespaces)
+
+    def __sub__(self, other: Pipeline) -> Pipeline:
+        """The nodes not in ``other``, as a plain Pipeline."""
+        return self.training - other
+
     def filter(self, *args, **kwargs) -> Pipeline:
         try:
             return super().filter(*args, **kwargs)

@@ -115,3 +115,14 @@ def test_the_real_kaggle_metadata_as_the_release_ingests_to_the_same_tables(real
     pd.testing.assert_frame_equal(r_wells, k_wells)
     pd.testing.assert_frame_equal(r_classes, k_classes)
     assert (r_sites["w1"] == "images/" + k_sites["w1"]).all() and len(r_labels) == len(tables["test.csv"])
+
+
+def test_a_site_tree_exists_in_either_layout(tmp_path):
+    from rxrx1_pipeline.kedro_io.datasets import SiteImagesDataset
+
+    site = np.zeros((6, 4, 4), np.uint8)
+    for layout, prefix in ((KAGGLE, "train/X-01/Plate1/B02_s1"), (RELEASE, "images/train/X-01/Plate1/B02_s1")):
+        dataset = SiteImagesDataset(path=str(tmp_path / layout), workers=1)
+        assert not dataset.exists()
+        dataset.save({prefix: site})
+        assert dataset.exists()

@@ -91,7 +91,8 @@ class SiteImagesDataset(AbstractDataset[dict, PngSites]):
         staging.rmdir()
 
     def _exists(self) -> bool:
-        return self._path.is_dir() and any(self._path.glob("*/*/*/*_w1.png"))
+        return self._path.is_dir() and any(any(self._path.glob(pattern))  # Kaggle {split}/..., release images/...
+                                           for pattern in ("*/*/Plate*/*_w1.png", "images/*/*/Plate*/*_w1.png"))
 
     def _describe(self) -> dict[str, Any]:
         return {"path": str(self._path)}

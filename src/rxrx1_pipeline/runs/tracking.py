@@ -4,11 +4,13 @@ interrupted run is marked KILLED in MLflow instead of staying RUNNING.
 
 Three hooks beside kedro-mlflow's own (which opens and closes one MLflow run per ``kedro run``):
 
-- :class:`CheckTrackingStore` (first thing after the context exists, before kedro-mlflow touches the store):
-  the SQLite file of ``server.mlflow_tracking_uri`` must be a readable, writable, sound database in a writable
-  folder, the experiment's artifact folder writable, a server URI reachable; each error names the file or
-  address and the setting to change. An experiment whose artifact folder lies outside the project (the
-  project was copied or moved with its ``mlflow.db``) is pointed at the project's own ``mlruns/``.
+- :class:`CheckTrackingStore` (first thing after the context exists, before kedro-mlflow touches the store): a
+  relative SQLite file (``sqlite:///mlflow.db``) is taken from the project folder, not from wherever Python
+  started (a notebook's folder, a script's); the SQLite file of ``server.mlflow_tracking_uri`` must be a
+  readable, writable, sound database in a writable folder, the experiment's artifact folder writable, a server
+  URI reachable; each error names the file or address and the setting to change. An experiment whose artifact
+  folder lies outside the project (the project was copied or moved with its ``mlflow.db``) is pointed at the
+  project's own ``mlruns/``.
 - :class:`TrackingCannotFailRuns`: wraps the hooks that log during and after the run; an error raised by
   MLflow code there is logged, collected and summarised at the end, and the run goes on.
 - :class:`MarkInterruptedRuns`: on SIGTERM, SIGHUP or Ctrl-C during a run, the MLflow run is ended as KILLED.
@@ -73,18 +75,22 @@ class CheckTrackingStore:
         where = f"conf/base/mlflow.yml (or conf/{env}/mlflow.yml)"
         uri = (config.get("server") or {}).get("mlflow_tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI",
                                                                                         "mlruns")
+        if config:  # kedro-mlflow (and `kedro mlflow ui`) read this config next: the store is the project's
+            uri = project_store_uri(uri, project)
+            context.config_loader["mlflow"] = {**config, "server": {**(config.get("server") or {}),
+                                                                    "mlflow_tracking_uri": uri}}
         tracking = config.get("tracking") or {}
         experiment = (tracking.get("experiment") or {}).get("name") or context._package_name
         configured_location = ((tracking.get("experiment") or {}).get("create_experiment_kwargs") or {}
                                ).get("artifact_location")
         parsed = urlparse(uri)
         if parsed.scheme == "sqlite":
-            db = Path(unquote(parsed.path[1:] if parsed.path.startswith("/") else parsed.path))
-            db = db if db.is_absolute() else Path.cwd() / db
+            db = _sqlite_file(uri)
+            db = db if db.is_absolute() else project / db
             location = check_sqlite_store(db, experiment, where)
             if location is not None and configured_location is None:
                 location = relocate_artifacts(db, experiment, location, project)
-            artifacts = _local_path(location) if location is not None else Path.cwd() / "mlruns"
+            artifacts = _local_path(location) if location is not None else project / "mlruns"
             if artifacts is not None:
                 _probe_folder(artifacts, f"MLflow artifact folder of experiment {experiment!r}",
                               f"make it writable, or track into another experiment ({where}: tracking.experiment."
@@ -95,6 +101,40 @@ class CheckTrackingStore:
             folder = Path(unquote(parsed.path)) if parsed.scheme == "file" else Path(uri)
             folder = folder if folder.is_absolute() else project / folder
             _probe_folder(folder, "MLflow tracking folder", f"make it writable or change {SETTING} in {where}")
+
+
+def _sqlite_file(uri: str) -> Path:
+    """The database file of a ``sqlite:///`` URI (relative for ``sqlite:///mlflow.db``)."""
+    return Path(unquote(urlparse(uri).path).removeprefix("/"))
+
+
+def project_store_uri(uri: str, project: Path) -> str:
+    """``uri`` with a relative SQLite file taken from ``project`` instead of the current directory (MLflow reads
+    ``sqlite:///mlflow.db`` from wherever Python started: a notebook's folder, a script's); other URIs unchanged
+    (kedro-mlflow already resolves a relative folder against the project)."""
+    if urlparse(uri).scheme != "sqlite" or _sqlite_file(uri).is_absolute():
+        return uri
+    return f"sqlite:///{(Path(project).absolute() / _sqlite_file(uri)).as_posix()}"
+
+
+def use_project_store(project: Path | None = None, env: str | None = None) -> str:
+    """Point MLflow at the tracking store of ``project`` (default: the checkout holding this package) as its conf
+    sets it (``server.mlflow_tracking_uri``, ``env`` over base), for code outside a Kedro session such as loading
+    a run's scoring model; returns the URI."""
+    import mlflow
+    from kedro.config import OmegaConfigLoader
+
+    project = Path(project) if project is not None else Path(__file__).resolve().parents[3]
+    if not (project / "conf" / "base").is_dir():
+        raise TrackingStoreError(f"{project} holds no conf/base: pass the project folder, "
+                                 "use_project_store(project=...)")
+    loader = OmegaConfigLoader(str(project / "conf"), env=env, base_env="base", default_run_env="local",
+                               config_patterns={"mlflow": ["mlflow*", "mlflow*/**", "**/mlflow*"]},
+                               merge_strategy={"mlflow": "soft"})
+    uri = ((loader["mlflow"] or {}).get("server") or {}).get("mlflow_tracking_uri") or "mlruns"
+    uri = project_store_uri(uri, project) if urlparse(uri).scheme else (project / uri).absolute().as_uri()
+    mlflow.set_tracking_uri(uri)
+    return uri
 
 
 def check_sqlite_store(db: Path, experiment: str, where: str) -> str | None:

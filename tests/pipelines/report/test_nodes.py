@@ -22,16 +22,20 @@ def history(offset: float) -> pd.DataFrame:
                          "valid_site_accuracy": [np.nan, np.nan, 0.4 + offset]})
 
 
-def test_training_curves_overlay_every_cell_line():
+def test_training_curves_give_each_model_its_own_column():
     untrained = pd.DataFrame({"epoch": pd.Series(dtype="int64")})
     fig = plot_training_curves(untrained, *(history(i / 10) for i in range(len(CELL_LINES))))
     names = [t.name for t in fig.data]
-    assert names.count("HEPG2") == 2 and [n for n in names[::2]] == list(CELL_LINES)  # no shared model trained
+    assert names.count("HEPG2") == 2 and names[::2] == list(CELL_LINES)  # no shared model trained: no column
     assert list(fig.data[-1].y) == [0.4 + 0.3]  # validation points only where measured
+    # one column per model, loss above accuracy: no two models' curves share a panel
+    panels = [(t.xaxis, t.yaxis) for t in fig.data]
+    assert len(set(panels)) == len(panels) == 2 * len(CELL_LINES)
+    assert [a.text for a in fig.layout.annotations] == list(CELL_LINES)
     fig = plot_training_curves(history(0.5), untrained, *(history(0) for _ in CELL_LINES[1:]))
-    assert [t.name for t in fig.data][::2] == ["shared", *CELL_LINES[1:]]  # HEPG2 used the shared model as it is
-    # the shared model in the top row, fine-tuning in the bottom row: never drawn as running side by side
-    assert [t.yaxis for t in fig.data] == ["y", "y2"] + ["y3", "y4"] * (len(CELL_LINES) - 1)
+    assert [a.text for a in fig.layout.annotations] == ["shared model", *CELL_LINES[1:]]  # HEPG2 used it as it is
+    assert fig.layout.yaxis.title.text == "fit loss" and fig.layout.yaxis5.title.text == "validation site accuracy"
+    assert "single validation sites" in fig.layout.title.text
 
 
 def test_example_composites_come_from_every_cell_line():
@@ -68,7 +72,8 @@ def test_report_is_one_self_contained_html_file():
     assert page.startswith("<!doctype html>") and page.endswith("</html>")
     assert not re.search(r"<script[^>]+src=", page)  # plotly is inlined: opens offline
     assert page.count("<img src=\"data:image/png;base64,") == 8
-    assert "Plate layout posterior per experiment" in page and "posterior_0" in page
+    assert "Plate layout posterior per experiment" in page
+    assert "Counted over <b>wells</b>" in page and "Counted over single <b>sites</b>" in page and "posterior_0" in page
     assert "Run <b>abc123</b>, started 2026-12-05 08:00 UTC, environment <b>local</b>" in page
     assert "<code>0123abcd</code> (with uncommitted changes)" in page and "<td>HEPG2.training</td><td>epochs: 2" in page
     for experiment in out["valid_plate_groups"]["experiment"]:

@@ -76,7 +76,7 @@ def evaluate(valid_predictions: pd.DataFrame, valid_plate_groups: pd.DataFrame, 
     return table
 
 
-def evaluate_test(test_predictions: pd.DataFrame, test_plate_groups: pd.DataFrame, copied_experiments: pd.DataFrame,
+def evaluate_test(test_predictions: pd.DataFrame, test_plate_groups: pd.DataFrame, submission: pd.DataFrame,
                   test_labels: pd.DataFrame, wells: pd.DataFrame, sirna_groups: pd.DataFrame) -> pd.DataFrame:
     """The test accuracy per stage from the released test labels (:func:`stage_table`; the rxrx.ai release has
     them), with the submission's (``submission``: the assignment, copied experiments answered from their map)
@@ -89,8 +89,8 @@ def evaluate_test(test_predictions: pd.DataFrame, test_plate_groups: pd.DataFram
               .groupby(["experiment", "plate"], as_index=False)["group"].first())
     predictions = test_predictions[test_predictions["id_code"].isin(labelled["id_code"])]
     table = stage_table(predictions, test_plate_groups, labelled, actual)
-    answered = predictions.assign(sirna=answer_from_copies(predictions, copied_experiments, wells).to_numpy())
-    right = answered.merge(labelled[["id_code", "cell_line", "sirna"]], on="id_code", suffixes=("", "_true"))
+    right = submission.merge(labelled[["id_code", "experiment", "cell_line", "sirna"]], on="id_code",
+                             suffixes=("", "_true"))
     right["hit"] = right["sirna"] == right["sirna_true"]
     by = {"experiment": right.groupby("experiment")["hit"].mean(),
           "cell_line": right.groupby("cell_line")["hit"].mean(),

@@ -35,7 +35,7 @@ def create_pipeline(**kwargs) -> Pipeline:
              name="build_submission"),
         Node(evaluate, ["valid_predictions", "valid_plate_groups", "wells", "train_plate_groups"],
              "postprocess_metrics", name="evaluate_postprocess"),
-        Node(evaluate_test, ["test_predictions", "test_plate_groups", "copied_experiments", "test_labels", "wells",
+        Node(evaluate_test, ["test_predictions", "test_plate_groups", "submission", "test_labels", "wells",
                              "sirna_groups"], "test_metrics", name="evaluate_test"),
         Node(plot_stage_accuracy, "postprocess_metrics", "postprocess_chart", name="plot_stage_accuracy"),
     ]

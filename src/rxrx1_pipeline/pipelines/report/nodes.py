@@ -22,30 +22,32 @@ CHANNEL_RGB = np.array([[19, 0, 249], [42, 255, 31], [255, 0, 25], [45, 255, 252
 
 
 def plot_training_curves(shared_history: pd.DataFrame, *histories: pd.DataFrame):
-    """Loss and validation site accuracy per epoch: the shared model of every cell line in the top row, each
-    cell line's own training (from scratch, or fine-tuning that starts where the shared model ended) in the
-    bottom row, one colour per cell line; a model not trained in this recipe (an empty history) is left out."""
+    """Fit loss (top row) and validation site accuracy (bottom row) per epoch, one column per model: the shared
+    model of every cell line first, then each cell line's own training (from scratch, or fine-tuning that starts
+    where the shared model ended). Side by side rather than overlaid, so that no curve hides another; a model not
+    trained in this recipe (an empty history) has no column."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    fig = make_subplots(rows=2, cols=2, subplot_titles=("shared model: fit loss", "shared model: validation site accuracy",
-                                                        "per cell line: fit loss", "per cell line: validation site accuracy"))
-    names, colours = ("shared", *CELL_LINES), ("#7f7f7f", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728")
-    for k, (cell_line, history, colour) in enumerate(zip(names, (shared_history, *histories), colours)):
-        if history.empty:
-            continue
-        row = 1 if k == 0 else 2
-        fig.add_trace(go.Scatter(x=history["epoch"], y=history["loss"], name=cell_line, legendgroup=cell_line,
-                                 line={"color": colour}), row=row, col=1)
+    models = [(name, history, colour) for name, history, colour in
+              zip(("shared", *CELL_LINES), (shared_history, *histories),
+                  ("#7f7f7f", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728")) if not history.empty]
+    columns = max(1, len(models))
+    fig = make_subplots(rows=2, cols=columns, shared_yaxes="rows", horizontal_spacing=0.03, vertical_spacing=0.12,
+                        subplot_titles=[("shared model" if name == "shared" else name) for name, _, _ in models])
+    for col, (name, history, colour) in enumerate(models, start=1):
+        fig.add_trace(go.Scatter(x=history["epoch"], y=history["loss"], name=name, legendgroup=name,
+                                 mode="lines+markers", line={"color": colour}), row=1, col=col)
         if "valid_site_accuracy" in history:
             valid = history.dropna(subset=["valid_site_accuracy"])
-            fig.add_trace(go.Scatter(x=valid["epoch"], y=valid["valid_site_accuracy"], name=cell_line,
-                                     legendgroup=cell_line, showlegend=False, mode="lines+markers",
-                                     line={"color": colour}), row=row, col=2)
-    fig.update_xaxes(title_text="epoch of the shared model", row=1)
-    fig.update_xaxes(title_text="epoch of the cell line's own training", row=2)
-    fig.update_yaxes(tickformat=".0%", col=2)
-    fig.update_layout(title="Training, all cell lines", template="plotly_white", height=700)
+            fig.add_trace(go.Scatter(x=valid["epoch"], y=valid["valid_site_accuracy"], name=name, legendgroup=name,
+                                     showlegend=False, mode="lines+markers", line={"color": colour}), row=2, col=col)
+        fig.update_xaxes(title_text="epoch", row=2, col=col)
+    fig.update_yaxes(title_text="fit loss", row=1, col=1)
+    fig.update_yaxes(title_text="validation site accuracy", row=2, col=1)
+    fig.update_yaxes(tickformat=".0%", row=2)
+    fig.update_layout(title="Training per model: fit loss, and the share of single validation sites (one view, all "
+                            "classes) whose argmax is right", template="plotly_white", height=600, showlegend=False)
     return fig
 
 
@@ -129,6 +131,10 @@ def build_report(run_identity: dict, postprocess_metrics: pd.DataFrame, training
     parts = [
         run_header(run_identity),
         "<h2>Validation accuracy per stage</h2>",
+        "<p>Counted over <b>wells</b> of the held-out experiments: each well's logits combined over its sites "
+        "and the inference's views (TTA). <i>raw</i>: argmax over every class; <i>masked</i>: argmax within the "
+        "plate's inferred group; <i>assigned</i>: the balanced assignment of the plate group's siRNAs; <i>layout_correct</i>: the "
+        "share of experiments whose inferred plate layout is the true one.</p>",
         table(stages, ["raw", "masked", "assigned", "layout_correct"]),
         *(["<h2>Test accuracy per stage (released test labels)</h2>",
            "<p>The labels score the run only: no training, pseudo-label or post-processing step reads them. "
@@ -137,7 +143,10 @@ def build_report(run_identity: dict, postprocess_metrics: pd.DataFrame, training
                ["name", "wells", "raw", "masked", "assigned", "layout_correct", "submission"]],
                ["raw", "masked", "assigned", "layout_correct", "submission"])] if len(test_metrics) else []),
         pio.to_html(postprocess_chart, full_html=False, include_plotlyjs=True),
-        "<h2>Training curves</h2>", pio.to_html(training_curves, full_html=False, include_plotlyjs=False),
+        "<h2>Training curves</h2>",
+        "<p>Counted over single <b>sites</b> with one view, the cheap signal of each epoch: lower than the well "
+        "accuracies above, which combine both sites and every view, then use the plate structure.</p>",
+        pio.to_html(training_curves, full_html=False, include_plotlyjs=False),
         "<h2>Plate layout posterior per experiment</h2>",
         "<p>Posterior of each candidate layout (group on plates 1..4) given the model's logits; "
         "margin in nats over the runner-up.</p>",

@@ -38,7 +38,7 @@ def check_new_sites(table: pd.DataFrame) -> pd.DataFrame:
     """The input table validated and typed, with ``cell_line`` and ``id_code`` added, sorted by well and site."""
     if not isinstance(table, pd.DataFrame):
         raise ScoringInputError(f"the scoring model takes a table (pandas DataFrame) of sites, got "
-                                f"{type(table).__name__}; build one with rxrx1_pipeline.pipelines.score.sites.experiment_sites")
+                                f"{type(table).__name__}; build one with rxrx1_pipeline.pipelines.score.experiment_sites")
     missing = [c for c in REQUIRED if c not in table.columns]
     if missing:
         raise ScoringInputError(f"the sites table lacks column(s) {', '.join(missing)} (it needs "
@@ -102,19 +102,17 @@ def experiment_sites(folder: str | Path, split: str = "test", experiments: list[
     rxrx.ai release (``metadata.csv``, the images under ``images/{split}/...``); ``experiments`` keeps only
     those."""
     folder = Path(folder)
-    tables = []
-    if (folder / RELEASE_FILE).is_file():
-        download = read_download(folder)
-        tables = [download.tables[f"{split}.csv"], download.tables[f"{split}_controls.csv"]]
-        tables = [t.assign(well_type=t["well_type"] if "well_type" in t else "treatment") for t in tables]
-    for name in (f"{split}.csv", f"{split}_controls.csv") if not tables else ():
+    release = (folder / RELEASE_FILE).is_file()
+    names = (f"{split}.csv", f"{split}_controls.csv")
+    tables = [read_download(folder).tables[name] for name in names] if release else []
+    for name in names if not release else ():
         if (folder / name).is_file():
-            table = pd.read_csv(folder / name)
-            tables.append(table.assign(well_type=table["well_type"] if "well_type" in table else "treatment"))
+            tables.append(pd.read_csv(folder / name))
         elif name == f"{split}.csv":
             raise ScoringInputError(f"no {name} in {folder}: a folder in the Kaggle layout holds {split}.csv "
                                     f"(and {split}_controls.csv) beside the {split}/ image folder, or the rxrx.ai "
                                     f"release its {RELEASE_FILE}")
+    tables = [t.assign(well_type=t["well_type"] if "well_type" in t else "treatment") for t in tables]
     wells = pd.concat(tables, ignore_index=True)[["experiment", "plate", "well", "well_type"]]
     if experiments is not None:
         unknown = sorted(set(experiments) - set(wells["experiment"]))
@@ -122,7 +120,7 @@ def experiment_sites(folder: str | Path, split: str = "test", experiments: list[
             raise ScoringInputError(f"experiment(s) {', '.join(unknown)} are not in {folder / f'{split}.csv'}")
         wells = wells[wells["experiment"].isin(experiments)]
     sites = wells.merge(pd.DataFrame({"site": list(SITES)}), how="cross")
-    images = folder / IMAGE_ROOT[RELEASE if (folder / RELEASE_FILE).is_file() else KAGGLE] / split
+    images = folder / IMAGE_ROOT[RELEASE if release else KAGGLE] / split
     sites["image_prefix"] = [str(images / e / f"Plate{p}" / f"{w}_s{s}")
                              for e, p, w, s in zip(sites["experiment"], sites["plate"], sites["well"], sites["site"])]
     return sites
