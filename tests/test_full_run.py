@@ -58,9 +58,14 @@ def test_synthetic_then_full_then_postprocess(project_copy: Path):
     logits = pd.read_parquet(data / "07_model_output/test_logits.parquet")
     assert len(logits) == len(test_wells) and logits.shape[1] == 1 + 4 * 4
 
+    identity = (data / "08_reporting/run_identity.json").read_text()
+    assert json.loads(identity)["pipeline"] == ["full"] and json.loads(identity)["run"] in (
+        data / "08_reporting/report.html").read_text()
     again = kedro_run(project_copy, "--pipelines=postprocess")
     assert again.returncode == 0, again.stderr[-3000:]
     pd.testing.assert_frame_equal(pd.read_csv(data / "08_reporting/submission.csv"), submission)
+    # a run that builds no report leaves the report's header file as it was
+    assert (data / "08_reporting/run_identity.json").read_text() == identity
     _check_tracking(project_copy, metrics, histories=2)
     _check_scoring_model(project_copy)
 

@@ -107,6 +107,8 @@ class TrackRun:
     def __init__(self) -> None:
         self._catalog = None
         self._project: Path | None = None
+        self._run_catalog = None
+        self._identity: dict | None = None
 
     @hook_impl
     def after_context_created(self, context) -> None:
@@ -120,8 +122,9 @@ class TrackRun:
     def before_pipeline_run(self, run_params: dict, catalog) -> None:
         """Tags the MLflow run with the code's commit (``mlflow.source.git.commit``, and ``source.dirty`` when the
         tree had uncommitted changes) and the runner's class name (Kedro hands hooks the runner object's repr), and
-        fills ``run_identity`` (the report's header): the run, its start, environment, commit and the settings it
-        changed of the schema's defaults."""
+        notes this run's identity (the report's header): the run, its start, environment, commit and the settings
+        it changed of the schema's defaults. ``run_identity`` is written only when a node is about to read it, so
+        a run that fails earlier, or does not build the report, leaves the last report's file as it was."""
         from datetime import datetime, timezone
 
         import mlflow
@@ -134,13 +137,20 @@ class TrackRun:
         if run is not None:
             mlflow.set_tags({"runner": runner_name(str(run_params.get("runner", ""))),
                              "mlflow.source.git.commit": source["commit"], "source.dirty": str(source["dirty"])})
-        if "run_identity" in catalog:
-            catalog.save("run_identity", {
-                "run": run.info.run_id if run is not None else f"kedro session {run_params.get('run_id')}",
-                "started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                "environment": run_params.get("env") or "local", "pipeline": run_params.get("pipeline_names")
-                or run_params.get("pipeline_name") or "__default__", **source,
-                "settings": changed_settings(catalog.load("parameters"))})
+        self._run_catalog = catalog
+        self._identity = {
+            "run": run.info.run_id if run is not None else f"kedro session {run_params.get('run_id')}",
+            "started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "environment": run_params.get("env") or "local", "pipeline": run_params.get("pipeline_names")
+            or run_params.get("pipeline_name") or "__default__", **source,
+            "settings": changed_settings(catalog.load("parameters"))}
+
+    @hook_impl
+    def before_dataset_loaded(self, dataset_name: str, node) -> None:
+        """Writes this run's ``run_identity`` just before a node of this run reads it."""
+        if dataset_name == "run_identity" and self._identity is not None and "run_identity" in self._run_catalog:
+            self._run_catalog.save("run_identity", self._identity)
+            self._identity = None
 
     @hook_impl
     def after_dataset_saved(self, dataset_name: str, data) -> None:
