@@ -58,6 +58,7 @@ def test_final_fit_command_runs_held_out_then_final_with_its_temperature(project
     import sys
 
     import mlflow
+    import pandas as pd
 
     from tests.tiny_project import shrink_project
     from tests.conftest import kedro_run
@@ -72,6 +73,12 @@ def test_final_fit_command_runs_held_out_then_final_with_its_temperature(project
     calibration = json.loads((project_copy / "data/08_reporting/postprocess_calibration.json").read_text())
     assert calibration["fitted"] is False and round(calibration["temperature"], 4) == held_out
     assert "shared model: final fit" in result.stderr and "HEPG2: final fit" in result.stderr
+    # the held-out run's copies are what the final run's models read (the tiny data set plants none)
+    heldout = pd.read_csv(project_copy / "data/07_model_output/heldout_copied_experiments.csv")
+    found = pd.read_csv(project_copy / "data/08_reporting/copied_experiments.csv")
+    assert list(heldout.columns) == ["experiment", "source", "plate_order", "copied"]
+    assert list(heldout["experiment"]) == list(found.loc[found["copied"], "experiment"])
+    assert f"copied experiments trained on in the final fit: {'none' if heldout.empty else ''}" in result.stdout
 
     client = mlflow.MlflowClient(f"sqlite:///{project_copy / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("synthetic").experiment_id],

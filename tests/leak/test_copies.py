@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rxrx1_pipeline.leak.copies import answer_from_copies, find_copied_experiments
+from rxrx1_pipeline.leak.copies import answer_from_copies, copied_well_labels, find_copied_experiments
 from rxrx1_pipeline.leak.plates import id_code
 from rxrx1_pipeline.schema import Copies
 from tests.builders import make_wells
@@ -99,3 +99,34 @@ def test_the_real_copy_is_found_from_weak_calls_on_the_real_metadata(real_metada
     known = expected.notna().to_numpy()
     same = answer[mine].to_numpy()[known] == expected.to_numpy()[known]
     assert known.mean() > 0.99 and same.all(), (~same).sum()
+
+
+def test_a_final_fit_labels_the_copied_wells_with_their_map():
+    """The held-out run's copies label the copied experiment's test wells (the final fit trains on them); without
+    final_fit, or without copies, no test well is fitted."""
+    from rxrx1_pipeline.pipelines.train.nodes import select_sites, sites_to_fit
+    from rxrx1_pipeline.pipelines.ingest.nodes import build_sites
+    from tests.pipelines.conftest import TINY_TRAINING, changed
+
+    wells, predictions, truth = copy_case(0.15)
+    copies = find_copied_experiments(predictions, wells, Copies())
+    labels = copied_well_labels(copies, wells)
+    copied = wells[(wells["experiment"] == "HEPG2-09") & (wells["well_type"] == "treatment")]
+    assert sorted(labels["id_code"]) == sorted(copied["id_code"])
+    assert (labels["sirna"].to_numpy() == truth[labels["id_code"]].to_numpy()).all()
+    assert copied_well_labels(copies.iloc[:0], wells).empty
+
+    sirnas = sorted(wells["sirna"].dropna().astype(int).unique())
+    classes = pd.DataFrame({"sirna": sirnas, "class_index": range(len(sirnas))}).merge(
+        wells.dropna(subset=["sirna"]).drop_duplicates("sirna")[["sirna", "well_type"]].astype({"sirna": int}),
+        on="sirna")
+    sites = build_sites(wells)
+    for final_fit, fitted_test in ((True, 2 * len(copied)), (False, 0)):
+        training = changed(TINY_TRAINING, {"final_fit": final_fit, "valid_experiments": 1})
+        table = select_sites(wells, sites, classes, "HEPG2", training, copies)
+        fit = sites_to_fit(table, training.controls, training.final_fit)
+        test = fit[(fit["role"] == "test") & (fit["well_type"] == "treatment")]
+        assert len(test) == fitted_test and set(test["experiment"]) <= {"HEPG2-09"}
+        if final_fit:
+            sirna_of = classes.set_index("class_index")["sirna"]
+            assert (sirna_of.loc[test["class_index"]].to_numpy() == truth[test["id_code"]].to_numpy()).all()

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from kedro.io import AbstractDataset, DatasetError
-from kedro_datasets.pandas import ParquetDataset
+from kedro_datasets.pandas import CSVDataset, ParquetDataset
 from tqdm.auto import tqdm
 
 from rxrx1_pipeline.runs.locks import sweep_partials, unique_suffix, write_atomically
@@ -242,6 +242,20 @@ class WellTableDataset(ParquetDataset):
         table = super().load()
         check_well_table(table, str(self._filepath))
         return table
+
+
+class OptionalCSVDataset(CSVDataset):
+    """A CSV table that a command writes before a run, not a node: while its file is absent it loads as a table
+    with ``columns`` and no rows (``heldout_copies``, which only the final fit writes)."""
+
+    def __init__(self, *, columns: list[str], **kwargs):
+        super().__init__(**kwargs)
+        self._columns = list(columns)
+
+    def load(self) -> pd.DataFrame:
+        if not self._exists():
+            return pd.DataFrame(columns=self._columns)
+        return super().load()
 
 
 class LogitMembersDataset(AbstractDataset):

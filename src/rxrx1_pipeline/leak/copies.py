@@ -144,3 +144,18 @@ def answer_from_copies(test_predictions: pd.DataFrame, copied: pd.DataFrame, wel
         log.info("%s: %d of %d wells answered from %s's map", r["experiment"], int(known.sum()), len(mine),
                  r["source"])
     return answer
+
+
+def copied_well_labels(copied: pd.DataFrame, wells: pd.DataFrame) -> pd.DataFrame:
+    """The test treatment wells of the copied experiments in ``copied`` (a :func:`find_copied_experiments` table,
+    e.g. a held-out run's) with the siRNA their copied map gives them: ``id_code``, ``sirna``. A final fit trains
+    on them as labelled wells, as the 1st place trained on HUVEC-18 with RPE-03's labels."""
+    copied = copied[copied["copied"].astype(bool)] if len(copied) else copied
+    test = wells[(wells["split"] == "test") & (wells["well_type"] == "treatment")
+                 & wells["experiment"].isin(copied["experiment"] if len(copied) else [])]
+    calls = pd.DataFrame({"id_code": test["id_code"].to_numpy(), "experiment": test["experiment"].to_numpy(),
+                          "plate": test["plate"].to_numpy(), "sirna_assigned": -1})
+    sirna = answer_from_copies(calls, copied, wells).to_numpy()
+    known = sirna >= 0
+    return pd.DataFrame({"id_code": calls["id_code"].to_numpy()[known], "sirna": sirna[known].astype(np.int64)})
+

@@ -3,9 +3,10 @@
     python -m rxrx1_pipeline.runs.final_fit [--env ENV]
 
 First a held-out run (``kedro run --pipelines=full``; it reuses trained models whose settings are unchanged)
-fits the assignment temperature on the validation experiments. Then every model in use, the shared one and
-each cell line's, is trained again with the validation experiments too, and the submission is solved with
-that temperature: ``temperature: auto`` needs validation wells that the models have not seen.
+fits the assignment temperature on the validation experiments and finds the copied test experiments. Then
+every model in use, the shared one and each cell line's, is trained again with the validation experiments too
+and the copied experiments' wells labelled by their map (``heldout_copies``), and the submission is solved
+with that temperature: ``temperature: auto`` needs validation wells that the models have not seen.
 """
 
 from __future__ import annotations
@@ -16,8 +17,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from rxrx1_pipeline.leak.plates import CELL_LINES
 from rxrx1_pipeline.schema import SharedTraining, plain
+
+COPY_COLUMNS = ("experiment", "source", "plate_order", "copied")  # what the final run reads of the copies
 
 
 def final_fit_overrides(parameters: dict[str, Any], temperature: float) -> dict[str, Any]:
@@ -62,10 +67,15 @@ def main(argv: list[str] | None = None) -> None:
         context = session.load_context()
         calibration = context.catalog.load("postprocess_calibration")
         overrides = final_fit_overrides(context.params, calibration["temperature"])
+        copies = context.catalog.load("copied_experiments")
+        copies = (copies[copies["copied"].astype(bool)][list(COPY_COLUMNS)] if len(copies)
+                  else pd.DataFrame(columns=list(COPY_COLUMNS)))
+        context.catalog.save("heldout_copies", copies)
     source = (f"fitted on {calibration['wells']} validation wells" if calibration["fitted"]
               else "set in the parameters")
-    print(f"held-out run: assignment temperature {calibration['temperature']:.4f} ({source}); now the final fit",
-          flush=True)
+    copied = (", ".join(f"{r.experiment} (the map of {r.source})" for r in copies.itertuples()) or "none")
+    print(f"held-out run: assignment temperature {calibration['temperature']:.4f} ({source}); copied experiments "
+          f"trained on in the final fit: {copied}; now the final fit", flush=True)
     _kedro_run(env, params_option(overrides))
     print("final fit done: the submission comes from models trained on every labelled experiment; its stage "
           "table scores wells they were trained on: judge the models by the held-out run's table above")

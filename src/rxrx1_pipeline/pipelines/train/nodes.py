@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from rxrx1_pipeline.leak.copies import copied_well_labels
 from rxrx1_pipeline.leak.plates import CELL_LINES
 from rxrx1_pipeline.schema import NETWORK, ImageSource, SharedTraining, Training
 from rxrx1_pipeline.storage.checkpoints import CheckpointStore, ModelFile
@@ -26,11 +27,13 @@ log = logging.getLogger(__name__)
 
 
 def select_sites(wells: pd.DataFrame, sites: pd.DataFrame, classes: pd.DataFrame, cell_line: str,
-                 training: Training) -> pd.DataFrame:
+                 training: Training, heldout_copies: pd.DataFrame | None = None) -> pd.DataFrame:
     """This cell line's sites with their role: ``fit``, ``valid`` (held-out experiments) or ``test``,
     their ``plate_index`` and their ``store_row`` in the image store.
 
-    ``training.valid_experiments`` is a number (the last N labelled experiments) or a list of names.
+    ``training.valid_experiments`` is a number (the last N labelled experiments) or a list of names. In a final
+    fit (``training.final_fit``), the test wells of the held-out run's copied experiments (``heldout_copies``)
+    carry the class their copied map gives them, so that :func:`sites_to_fit` trains on them.
     """
     mine = wells[wells["cell_line"] == cell_line]
     if mine.empty:  # a data set without this cell line: an empty table, every later stage of the line skips
@@ -50,8 +53,22 @@ def select_sites(wells: pd.DataFrame, sites: pd.DataFrame, classes: pd.DataFrame
         raise ValueError(f"{cell_line}: holding out {len(valid)} of {len(train_exps)} train experiments "
                          "leaves nothing to fit")
     table = _sites_table(sites, mine, classes, valid)
+    if training.final_fit and heldout_copies is not None and len(heldout_copies):
+        table = _label_copied_wells(table, copied_well_labels(heldout_copies, wells), classes, cell_line)
     log.info("%s: %d fit, %d valid, %d test sites; valid experiments %s", cell_line,
              *(int((table["role"] == r).sum()) for r in ("fit", "valid", "test")), ", ".join(valid))
+    return table
+
+
+def _label_copied_wells(table: pd.DataFrame, labels: pd.DataFrame, classes: pd.DataFrame, cell_line: str
+                        ) -> pd.DataFrame:
+    """``table`` with the class of each copied test well (``labels``: id_code, sirna) as its ``class_index``."""
+    class_of = labels.merge(classes[["sirna", "class_index"]], on="sirna").set_index("id_code")["class_index"]
+    copied = (table["role"] == "test") & table["id_code"].isin(class_of.index)
+    table.loc[copied, "class_index"] = class_of.loc[table.loc[copied, "id_code"]].to_numpy()
+    if copied.any():
+        log.info("%s: final fit: %d sites of the copied experiment(s) %s are trained on with their copied map",
+                 cell_line, int(copied.sum()), ", ".join(sorted(table.loc[copied, "experiment"].unique())))
     return table
 
 
@@ -89,8 +106,11 @@ def sites_to_fit(model_sites: pd.DataFrame, controls: str, final_fit: bool = Fal
     but never answers: inference keeps the treatment classes only.
 
     ``final_fit`` adds the validation experiments (the submission models, trained on every labelled
-    experiment; their validation figures are then on training data)."""
+    experiment; their validation figures are then on training data) and the test wells labelled by a copied
+    map (:func:`select_sites`)."""
     fit = model_sites["role"].isin(["fit", "valid"] if final_fit else ["fit"])
+    if final_fit:
+        fit |= (model_sites["role"] == "test") & (model_sites["class_index"] >= 0)
     if controls == "all_experiments":
         fit |= (model_sites["well_type"] != "treatment") & (model_sites["class_index"] >= 0)
     return model_sites[fit]

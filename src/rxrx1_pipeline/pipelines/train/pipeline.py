@@ -13,8 +13,8 @@ from .nodes import LINE_INPUTS, LINE_PARAMS, decode_sites, select_sites, train_m
 def create_inputs_template() -> Pipeline:
     """One cell line's model inputs: its sites, their image store and plate statistics."""
     return Pipeline([
-        Node(select_sites, ["wells", "sites", "classes", "params:cell_line", "params:training"], "model_sites",
-             name="select_sites"),
+        Node(select_sites, ["wells", "sites", "classes", "params:cell_line", "params:training", "heldout_copies"],
+             "model_sites", name="select_sites"),
         Node(decode_sites, ["model_sites", "raw_site_images", "params:training", "params:images"], "site_images",
              name="decode_sites"),
         Node(plate_statistics, ["model_sites", "site_images"], "plate_stats", name="plate_statistics"),
@@ -39,7 +39,7 @@ def per_line(template: Pipeline, shared_inputs: set[str], shared_params: frozens
 
 
 def create_inputs_pipeline() -> Pipeline:
-    return per_line(create_inputs_template(), {"wells", "sites", "classes", "raw_site_images"},
+    return per_line(create_inputs_template(), {"wells", "sites", "classes", "raw_site_images", "heldout_copies"},
                     frozenset({"images"}))
 
 
