@@ -51,7 +51,7 @@ def test_synthetic_then_full_then_postprocess(project_copy: Path):
         model_sites = pd.read_parquet(data / f"05_model_input/{cell_line}/sites.parquet")
         assert len(ImageStore(data / f"05_model_input/image_store/{cell_line}")) == len(model_sites)
     assert all(cell_line in (data / "08_reporting/training_curves.json").read_text()
-               for cell_line in ("HEPG2", "HUVEC", "RPE", "U2OS"))  # all curves overlaid in one chart
+               for cell_line in ("HEPG2", "HUVEC", "RPE", "U2OS"))  # every model's curves in the one chart
     metrics = pd.read_parquet(data / "08_reporting/postprocess_metrics.parquet")
     assert set(metrics["level"]) == {"experiment", "cell_line", "overall"}
     assert "assigned" in (data / "08_reporting/postprocess_accuracy.json").read_text()

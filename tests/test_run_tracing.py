@@ -73,9 +73,17 @@ def test_the_workflow_view_records_whole_runs_of_the_main_job_only():
                   {"pipeline_names": ["full"], "from_nodes": ["train.HUVEC.train_model"]},
                   {"pipeline_names": ["full"], "only_missing_outputs": True}):
         assert not is_main_job(other)
+    from kedro.pipeline import Pipeline
+
+    sequential = "<kedro.runner.sequential_runner.SequentialRunner object at 0x1>"
     recorder = MainJobWorkflow()
-    recorder.before_pipeline_run({"pipeline_names": ["postprocess"]}, pipeline=None)
-    assert not recorder._should_collect_events and recorder._events == []
+    recorder.before_pipeline_run({"pipeline_names": ["full"], "runner": sequential}, pipeline=Pipeline([]))
+    assert recorder._should_collect_events and [e["event"] for e in recorder._events] == ["before_pipeline_run"]
+    recorder.before_pipeline_run({"pipeline_names": ["postprocess"], "runner": sequential}, pipeline=Pipeline([]))
+    assert not recorder._should_collect_events and recorder._events == []  # the main job's record is kept
+    threads = "<kedro.runner.thread_runner.ThreadRunner object at 0x1>"
+    recorder.before_pipeline_run({"pipeline_names": ["full"], "runner": threads}, pipeline=Pipeline([]))
+    assert not recorder._should_collect_events  # kedro-viz records sequential runs only
 
 
 def test_a_tracked_run_logs_settings_and_tags_that_say_what_they_hold(project_copy):

@@ -31,7 +31,7 @@ class ValidateParameters:
     def __init__(self) -> None:
         self._conf: list[Path] = []
 
-    @hook_impl
+    @hook_impl(tryfirst=True)
     def after_context_created(self, context) -> None:
         conf = Path(context.project_path) / "conf"
         self._conf = [conf / "base", conf / (context.env or "local")]
@@ -42,7 +42,7 @@ class ValidateParameters:
             raise ParameterError("invalid parameters (nothing was run):\n  " + "\n  ".join(
                 (f"{key}: no such parameter block" if "." not in key else
                  f"{key} = {value_at(parameters, key)!r}: no such setting")
-                + (f" in {where[key]}" if key in where else " (given with --params)" if "." in key else "") + near
+                + (f" in {where[key]}" if key in where else " (given with --params)") + near
                 for key, near in unknown.items()))
 
     @hook_impl(tryfirst=True)
@@ -151,6 +151,14 @@ class TrackRun:
         if dataset_name == "run_identity" and self._identity is not None and "run_identity" in self._run_catalog:
             self._run_catalog.save("run_identity", self._identity)
             self._identity = None
+
+    @hook_impl
+    def after_pipeline_run(self) -> None:
+        self._run_catalog, self._identity = None, None
+
+    @hook_impl
+    def on_pipeline_error(self) -> None:
+        self._run_catalog, self._identity = None, None
 
     @hook_impl
     def after_dataset_saved(self, dataset_name: str, data) -> None:

@@ -275,6 +275,8 @@ def backbone_input_problem(arch: str, image_size: int) -> str | None:
         with torch.device("meta"):
             timm.create_model(arch, pretrained=False, in_chans=6, num_classes=0).eval()(
                 torch.zeros(2, 6, image_size, image_size))
+    except NotImplementedError:  # an operation the meta device lacks: the first batch will tell
+        return None
     except (AssertionError, RuntimeError, ValueError) as exc:
         return f"timm: {exc}".strip()
     return None

@@ -130,3 +130,14 @@ def test_a_final_fit_labels_the_copied_wells_with_their_map():
         if final_fit:
             sirna_of = classes.set_index("class_index")["sirna"]
             assert (sirna_of.loc[test["class_index"]].to_numpy() == truth[test["id_code"]].to_numpy()).all()
+
+
+def test_a_final_fit_trains_on_copied_treatment_wells_only():
+    """The copied map labels treatment wells; the test controls stay out unless training.controls says so."""
+    from rxrx1_pipeline.pipelines.train.nodes import sites_to_fit
+
+    table = pd.DataFrame({"role": ["test"] * 4, "well_type": ["treatment", "treatment", "negative_control",
+                                                              "positive_control"], "class_index": [3, -1, 7, 8]})
+    assert sites_to_fit(table, "train_experiments", final_fit=True).index.tolist() == [0]
+    assert sites_to_fit(table, "all_experiments", final_fit=True).index.tolist() == [0, 2, 3]
+    assert sites_to_fit(table, "train_experiments", final_fit=False).empty

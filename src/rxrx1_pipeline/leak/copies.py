@@ -117,11 +117,16 @@ def find_copied_experiments(test_predictions: pd.DataFrame, wells: pd.DataFrame,
     return table
 
 
+def copied_only(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a :func:`find_copied_experiments` table that are copies (a table with no rows as it is)."""
+    return table[table["copied"].astype(bool)] if len(table) else table
+
+
 def answer_from_copies(test_predictions: pd.DataFrame, copied: pd.DataFrame, wells: pd.DataFrame) -> pd.Series:
     """``sirna_assigned`` of each test well, taken from the labelled map for the wells of copied experiments
     (the source's, or where it lacks the well, an experiment of the same map's), aligned with ``test_predictions``."""
     answer = test_predictions["sirna_assigned"].astype(np.int64).copy()
-    copied = copied[copied["copied"].astype(bool)] if len(copied) else copied
+    copied = copied_only(copied)
     if copied.empty:
         return answer
     experiments, plates, names, maps = labelled_maps(wells)
@@ -150,7 +155,7 @@ def copied_well_labels(copied: pd.DataFrame, wells: pd.DataFrame) -> pd.DataFram
     """The test treatment wells of the copied experiments in ``copied`` (a :func:`find_copied_experiments` table,
     e.g. a held-out run's) with the siRNA their copied map gives them: ``id_code``, ``sirna``. A final fit trains
     on them as labelled wells, as the 1st place trained on HUVEC-18 with RPE-03's labels."""
-    copied = copied[copied["copied"].astype(bool)] if len(copied) else copied
+    copied = copied_only(copied)
     test = wells[(wells["split"] == "test") & (wells["well_type"] == "treatment")
                  & wells["experiment"].isin(copied["experiment"] if len(copied) else [])]
     calls = pd.DataFrame({"id_code": test["id_code"].to_numpy(), "experiment": test["experiment"].to_numpy(),
@@ -158,4 +163,3 @@ def copied_well_labels(copied: pd.DataFrame, wells: pd.DataFrame) -> pd.DataFram
     sirna = answer_from_copies(calls, copied, wells).to_numpy()
     known = sirna >= 0
     return pd.DataFrame({"id_code": calls["id_code"].to_numpy()[known], "sirna": sirna[known].astype(np.int64)})
-

@@ -19,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+from rxrx1_pipeline.leak.copies import copied_only
 from rxrx1_pipeline.leak.plates import CELL_LINES
 from rxrx1_pipeline.schema import SharedTraining, plain
 
@@ -68,8 +69,7 @@ def main(argv: list[str] | None = None) -> None:
         calibration = context.catalog.load("postprocess_calibration")
         overrides = final_fit_overrides(context.params, calibration["temperature"])
         copies = context.catalog.load("copied_experiments")
-        copies = (copies[copies["copied"].astype(bool)][list(COPY_COLUMNS)] if len(copies)
-                  else pd.DataFrame(columns=list(COPY_COLUMNS)))
+        copies = copied_only(copies)[list(COPY_COLUMNS)] if len(copies) else pd.DataFrame(columns=list(COPY_COLUMNS))
         context.catalog.save("heldout_copies", copies)
     source = (f"fitted on {calibration['wells']} validation wells" if calibration["fitted"]
               else "set in the parameters")

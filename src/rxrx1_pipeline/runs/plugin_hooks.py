@@ -95,8 +95,9 @@ class MainJobWorkflow(PipelineRunStatusHook):
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline) -> None:
-        self._should_collect_events = is_main_job(run_params)
-        if self._should_collect_events:
-            super().before_pipeline_run(run_params, pipeline)
+        self._events = []  # this run's events only (a notebook or a test runs several in one process)
+        self._should_collect_events = False
+        if is_main_job(run_params):
+            super().before_pipeline_run(run_params, pipeline)  # turns collecting on for a sequential runner only
         else:
             log.debug("kedro viz's Workflow view keeps the last run of `full`; this run is not recorded there")

@@ -79,7 +79,7 @@ def _check_channel(file: Path, im, first: tuple[Path, tuple[int, int]] | None) -
 
 def check_pngs(source: "PngSites", prefixes) -> None:
     """Open the header of every PNG of these sites (no pixels decoded) and refuse, naming the file, any that
-    is not 8-bit single-channel, not the size of its site's other channels, or not the size of the first site's
+    is not 8-bit single-channel, not the size of its site's other channels, or not the data set's most common size
     (a site of another resolution, e.g. another magnification, would be resized to the others' scale without a
     word: its cells would look larger or smaller than every other site's); missing files too."""
     from PIL import Image

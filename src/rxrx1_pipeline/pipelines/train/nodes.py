@@ -110,7 +110,8 @@ def sites_to_fit(model_sites: pd.DataFrame, controls: str, final_fit: bool = Fal
     map (:func:`select_sites`)."""
     fit = model_sites["role"].isin(["fit", "valid"] if final_fit else ["fit"])
     if final_fit:
-        fit |= (model_sites["role"] == "test") & (model_sites["class_index"] >= 0)
+        fit |= ((model_sites["role"] == "test") & (model_sites["well_type"] == "treatment")
+                & (model_sites["class_index"] >= 0))
     if controls == "all_experiments":
         fit |= (model_sites["well_type"] != "treatment") & (model_sites["class_index"] >= 0)
     return model_sites[fit]
