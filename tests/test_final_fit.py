@@ -74,7 +74,7 @@ def test_final_fit_command_runs_held_out_then_final_with_its_temperature(project
     assert calibration["fitted"] is False and round(calibration["temperature"], 4) == held_out
     assert "shared model: final fit" in result.stderr and "HEPG2: final fit" in result.stderr
     # the held-out run's copies are what the final run's models read (the tiny data set plants none)
-    heldout = pd.read_csv(project_copy / "data/07_model_output/heldout_copied_experiments.csv")
+    heldout = pd.read_csv(project_copy / "data/03_primary/heldout_copied_experiments.csv")
     found = pd.read_csv(project_copy / "data/08_reporting/copied_experiments.csv")
     assert list(heldout.columns) == ["experiment", "source", "plate_order", "copied"]
     assert list(heldout["experiment"]) == list(found.loc[found["copied"], "experiment"])
