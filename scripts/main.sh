@@ -10,4 +10,4 @@ if [ ! -f data/01_raw/synthetic/train.csv ] || [ ! -d data/01_raw/synthetic/test
 fi
 .venv/bin/kedro run --pipelines=full "$@"
 echo "Report: $(pwd)/data/08_reporting/report.html (open it in a browser)."
-echo "This run in MLflow: .venv/bin/kedro mlflow ui, then http://127.0.0.1:5000 (the newest run named 'full')."
+echo "This run in MLflow: source .venv/bin/activate && kedro mlflow ui, then the address in the log line above (or http://127.0.0.1:5000)."
