@@ -231,3 +231,27 @@ def test_writing_a_site_tree_logs_its_progress_when_no_terminal_shows_a_bar(tmp_
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("writing sites")]
     assert lines[0] == "writing sites: 2 of 20 (10%)" and lines[-1] == "writing sites: 20 of 20 (100%)"
     assert len(lines) == 10
+
+
+def test_a_complete_store_is_reused_while_another_process_builds_beside_it(png_tree, tmp_path):
+    """The machines of one training on several machines all run the model-input nodes on the shared output root:
+    a complete store of the same job is reused without its build lock; a store to build is refused, naming the
+    holder."""
+    from rxrx1_pipeline.runs.locks import LockError
+
+    root, prefixes = png_tree
+    job = DecodeJob(PngSites(root), prefixes, SIZE)
+    build_store(tmp_path / "store", job, workers=1)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from rxrx1_pipeline.runs.locks import FileLock; "
+        f"lock = FileLock({str(tmp_path / '.store.lock')!r}, 'image store'); lock.acquire(); "
+        "print('held', flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        build_store(tmp_path / "store", job, workers=1)  # reused beside the holder
+        with pytest.raises(LockError, match=rf"image store .*store \(being built\) is in use by another run: pid "
+                                            rf"{holder.pid}"):
+            build_store(tmp_path / "store", DecodeJob(job.pngs, prefixes, SIZE // 2), workers=1)
+    finally:
+        holder.kill()
+        holder.wait()

@@ -292,16 +292,23 @@ def _manifest(folder: Path) -> dict | None:
 
 def _one_builder(build):
     """Only one process builds a store at a time: a lock file beside it (``.<store>.lock``) names the builder;
-    a second build fails at once naming it, and the lock of a killed build is taken over (the build resumes)."""
+    a second build fails at once naming it, and the lock of a killed build is taken over (the build resumes).
+    A complete store of the same job is reused without the lock (a store is swapped in whole), so the machines
+    of one training on several machines, which all run the model-input nodes, reuse it side by side."""
     import functools
 
     @functools.wraps(build)
-    def locked(path, *args, **kwargs):
+    def locked(path, job: DecodeJob, *args, **kwargs):
         from rxrx1_pipeline.runs.locks import FileLock
 
+        if _manifest(Path(path)) == job.key():
+            describe_source(Path(path), job)
+            log.info("Image store %s already holds these %d sites at %d px; reusing it", path, len(job.prefixes),
+                     job.image_size)
+            return None
         lock = Path(path).with_name(f".{Path(path).name}.lock")
         with FileLock(lock, f"image store {path} (being built)"):
-            return build(path, *args, **kwargs)
+            return build(path, job, *args, **kwargs)
 
     return locked
 
