@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 from tests.tiny_project import ROOT, copy_project, shrink_project  # noqa: E402
 
 KEDRO = Path(sys.executable).with_name("kedro")
+TRAIN_HEPG2 = ("--pipelines=train", "--namespaces=HEPG2", "--params=HEPG2.training.epochs=3")  # the kill cases' run
 INJECTOR = '''
 import os, signal
 if os.environ.get("FAULT") == "kill_during_csv_write":
@@ -520,26 +521,31 @@ def cases(reference: Path) -> list[Case]:
     ]
 
 
-def kill_during_training(base: Path, reference: Path, work: Path) -> dict:
-    """kill -9 after the first epoch's checkpoint, then the same command: it resumes, and ends bit-identical."""
-    import torch
-
-    project = work / "kill during training"
-    shutil.copytree(base, project)
-    args = ("--pipelines=train", "--namespaces=HEPG2", "--params=HEPG2.training.epochs=3")
-    clean = work / "uninterrupted"
-    shutil.copytree(base, clean)
-    run(clean, *args)
+def train_until_first_checkpoint(project: Path, args: tuple[str, ...] = TRAIN_HEPG2) -> subprocess.Popen:
+    """`kedro run ARGS` in ``project`` in its own process group, returned once HEPG2's first epoch checkpoint is
+    written (or the run ended, or 120 s passed): the moment the kill cases strike."""
     env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"}
     proc = subprocess.Popen([str(KEDRO), "run", *args], cwd=project, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     checkpoint = project / "data/06_models/HEPG2/last_epoch.pt"
     before = checkpoint.stat().st_mtime_ns
     deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if checkpoint.stat().st_mtime_ns != before:
-            break
+    while time.time() < deadline and proc.poll() is None and checkpoint.stat().st_mtime_ns == before:
         time.sleep(0.02)
+    return proc
+
+
+def kill_during_training(base: Path, reference: Path, work: Path) -> dict:
+    """kill -9 after the first epoch's checkpoint, then the same command: it resumes, and ends bit-identical."""
+    import torch
+
+    project = work / "kill during training"
+    shutil.copytree(base, project)
+    args = TRAIN_HEPG2
+    clean = work / "uninterrupted"
+    shutil.copytree(base, clean)
+    run(clean, *args)
+    proc = train_until_first_checkpoint(project, args)
     os.killpg(proc.pid, signal.SIGKILL)
     code = proc.wait()
     again = run(project, *args)
@@ -562,15 +568,7 @@ def sigterm_during_training(base: Path, reference: Path, work: Path) -> dict:
 
     project = work / "sigterm during training"
     shutil.copytree(base, project)
-    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"}
-    proc = subprocess.Popen([str(KEDRO), "run", "--pipelines=train", "--namespaces=HEPG2",
-                             "--params=HEPG2.training.epochs=3"], cwd=project, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    checkpoint = project / "data/06_models/HEPG2/last_epoch.pt"
-    before = checkpoint.stat().st_mtime_ns
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and checkpoint.stat().st_mtime_ns == before:
-        time.sleep(0.02)
+    proc = train_until_first_checkpoint(project)
     proc.send_signal(signal.SIGTERM)
     try:
         code = proc.wait(120)
@@ -603,15 +601,7 @@ def kill_9_closes_the_mlflow_run(base: Path, reference: Path, work: Path) -> dic
             return dict(con.execute("SELECT run_uuid, status FROM runs").fetchall())
 
     before = statuses()
-    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"}
-    proc = subprocess.Popen([str(KEDRO), "run", "--pipelines=train", "--namespaces=HEPG2",
-                             "--params=HEPG2.training.epochs=3"], cwd=project, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    checkpoint = project / "data/06_models/HEPG2/last_epoch.pt"
-    mtime = checkpoint.stat().st_mtime_ns
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and checkpoint.stat().st_mtime_ns == mtime:
-        time.sleep(0.02)
+    proc = train_until_first_checkpoint(project)
     os.killpg(proc.pid, signal.SIGKILL)
     code = proc.wait()
     killed = {run: status for run, status in statuses().items() if run not in before}

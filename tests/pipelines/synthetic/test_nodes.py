@@ -157,16 +157,23 @@ def test_render_shapes_keys_and_determinism(truth):
     assert render_sites(truth, params(image_size=24))[key]().shape == (6, 24, 24)
 
 
-def sirna_f_statistics(strength: float) -> np.ndarray:
-    """Per-channel one-way ANOVA F of plate-normalised site brightness across (cell line, siRNA) groups."""
+def treatment_sites(strength: float):
+    """(well row, rendered 24 px site) for both sites of every treatment well of the small design at
+    ``phenotype_strength`` ``strength``."""
     p = params(image_size=24, phenotype_strength=strength)
     truth = design_plates(p)[4]
     renderers = render_sites(truth, p)
-    rows = []
     for r in truth[truth["well_type"] == "treatment"].itertuples():
         for s in SITES:
-            means = renderers[site_prefix(r.split, r.experiment, r.plate, r.well, s)]().reshape(6, -1).mean(1)
-            rows.append([r.experiment, r.plate, r.cell_line, r.sirna, *np.log(means)])
+            yield r, renderers[site_prefix(r.split, r.experiment, r.plate, r.well, s)]()
+
+
+def sirna_f_statistics(strength: float) -> np.ndarray:
+    """Per-channel one-way ANOVA F of plate-normalised site brightness across (cell line, siRNA) groups."""
+    rows = []
+    for r, image in treatment_sites(strength):
+        means = image.reshape(6, -1).mean(1)
+        rows.append([r.experiment, r.plate, r.cell_line, r.sirna, *np.log(means)])
     df = pd.DataFrame(rows, columns=["experiment", "plate", "cell_line", "sirna", *range(6)])
     feat = df[list(range(6))] - df.groupby(["experiment", "plate"])[list(range(6))].transform("median")
     groups = [df["cell_line"], df["sirna"]]
@@ -187,18 +194,14 @@ def standardised_f_statistics(strength: float) -> np.ndarray:
     """One-way ANOVA F across (cell line, siRNA) groups of shape statistics of per-image standardised sites
     (each channel divided by its own mean and spread, as the 1st place did): per channel the 90th and 99th
     percentiles and the mean gradient, and the correlation of each pair of channels."""
-    p = params(image_size=24, phenotype_strength=strength)
-    truth = design_plates(p)[4]
-    renderers = render_sites(truth, p)
     rows = []
-    for r in truth[truth["well_type"] == "treatment"].itertuples():
-        for s in SITES:
-            x = renderers[site_prefix(r.split, r.experiment, r.plate, r.well, s)]().reshape(6, -1).astype(float)
-            z = (x - x.mean(1, keepdims=True)) / x.std(1, keepdims=True)
-            grid = z.reshape(6, 24, 24)
-            gradient = np.abs(np.diff(grid, axis=1)).mean((1, 2)) + np.abs(np.diff(grid, axis=2)).mean((1, 2))
-            corr = (z @ z.T / z.shape[1])[np.triu_indices(6, 1)]
-            rows.append([r.cell_line, r.sirna, *np.percentile(z, [90, 99], axis=1).ravel(), *gradient, *corr])
+    for r, image in treatment_sites(strength):
+        x = image.reshape(6, -1).astype(float)
+        z = (x - x.mean(1, keepdims=True)) / x.std(1, keepdims=True)
+        grid = z.reshape(6, 24, 24)
+        gradient = np.abs(np.diff(grid, axis=1)).mean((1, 2)) + np.abs(np.diff(grid, axis=2)).mean((1, 2))
+        corr = (z @ z.T / z.shape[1])[np.triu_indices(6, 1)]
+        rows.append([r.cell_line, r.sirna, *np.percentile(z, [90, 99], axis=1).ravel(), *gradient, *corr])
     df = pd.DataFrame(rows)
     feat, groups = df.iloc[:, 2:], [df[0], df[1]]
     feat = feat - feat.groupby(df[0]).transform("mean")  # cell lines look different: compare siRNAs within one
