@@ -32,7 +32,7 @@ class WellScorer:
         self.store, self.inference, self.cell_line = site_images, inference, cell_line
         treatment = classes[classes["well_type"] == "treatment"].sort_values("sirna")
         self.class_index = treatment["class_index"].to_numpy()
-        self.columns = treatment["sirna"].astype(str).tolist()
+        self.columns = treatment_columns(classes)
 
     def score(self, all_sites: pd.DataFrame, sites: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         """(logits, embeddings) per well of ``sites``; ``all_sites`` holds every site of their plates (what
@@ -40,9 +40,7 @@ class WellScorer:
         from rxrx1_pipeline.nn.loops import adapt_batchnorm, class_logits, embed_sites
 
         if sites.empty:  # e.g. a cell line without test wells
-            return (per_well(sites["id_code"], np.empty((0, len(self.columns)), np.float32), self.columns),
-                    per_well(sites["id_code"], np.empty((0, self.settings["embedding_dim"]), np.float32),
-                             [f"e{i}" for i in range(self.settings["embedding_dim"])]))
+            return no_wells(self.columns, self.settings["embedding_dim"])
         net, norm, inference = self.net, self.norm, self.inference
         batch, workers, tta = inference.batch_size, inference.num_workers, inference.tta
         if inference.batchnorm == "per_plate":
@@ -69,13 +67,17 @@ class WellScorer:
                 per_well(sites["id_code"], emb, [f"e{i}" for i in range(emb.shape[1])]))
 
 
-def no_wells(classes: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The (logits, embeddings) tables of no well: an id_code column, and the treatment siRNA columns (float32)
-    in the logits."""
-    columns = classes.loc[classes["well_type"] == "treatment", "sirna"].sort_values().astype(str).tolist()
+def no_wells(columns: list[str], embedding_dim: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The (logits, embeddings) tables of no well: an id_code column, then the logits' siRNA ``columns`` and
+    ``embedding_dim`` embedding columns (float32)."""
     ids = pd.Series([], dtype=object)
     return (per_well(ids, np.empty((0, len(columns)), np.float32), columns),
-            per_well(ids, np.empty((0, 0), np.float32), []))
+            per_well(ids, np.empty((0, embedding_dim), np.float32), [f"e{i}" for i in range(embedding_dim)]))
+
+
+def treatment_columns(classes: pd.DataFrame) -> list[str]:
+    """The logits' columns: the treatment siRNA ids in order, as text."""
+    return classes.loc[classes["well_type"] == "treatment", "sirna"].sort_values().astype(str).tolist()
 
 
 def centre_plates(embeddings: np.ndarray, plates: np.ndarray) -> np.ndarray:

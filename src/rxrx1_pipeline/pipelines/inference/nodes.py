@@ -6,7 +6,7 @@ import logging
 
 import pandas as pd
 
-from rxrx1_pipeline.nn.wells import WellScorer, no_wells
+from rxrx1_pipeline.nn.wells import WellScorer, no_wells, treatment_columns
 from rxrx1_pipeline.schema import Inference
 from rxrx1_pipeline.storage.images import ImageStore
 
@@ -28,7 +28,7 @@ def predict_wells(model: dict, model_sites: pd.DataFrame, site_images: ImageStor
     """
     if not model:  # a cell line without sites in this data set (train_model trained none)
         log.info("%s: no model (no sites of this cell line in the data set): no logits", cell_line)
-        logits, embeddings = no_wells(classes)
+        logits, embeddings = no_wells(treatment_columns(classes), 0)
         return logits, logits, embeddings, embeddings
     scorer = WellScorer(model, site_images, plate_stats, classes, cell_line, inference)
     scored = {}
