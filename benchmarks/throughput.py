@@ -129,6 +129,30 @@ def model_rates(arch: str, size: int, batch: int, n_classes: int, device: torch.
     return rates[0], rates[1]
 
 
+def optimiser_step_ms(training, n_classes: int, device: torch.device, steps: int) -> tuple[int, float, float]:
+    """(weights, ms per Adam(W) step in its plain for-loop form, ms in the fused form the training uses) over the
+    configured network's weights (embedding size, neck and head as in ``training``)."""
+    from rxrx1_pipeline.nn.network import EmbeddingNet
+
+    net = EmbeddingNet(training.arch, n_classes, training.embedding_dim, training.head, neck=training.neck).to(device)
+    params = list(net.parameters())
+    for p in params:
+        p.grad = torch.randn_like(p)
+    kind = torch.optim.AdamW if training.optimizer == "adamw" else torch.optim.Adam
+    times = []
+    for fused in (None, True):
+        opt = kind(params, lr=1e-6, weight_decay=training.weight_decay, fused=fused, foreach=False if not fused else None)
+        for _ in range(2):
+            opt.step()
+        start = time.perf_counter()
+        for _ in range(steps):
+            opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(1000 * (time.perf_counter() - start) / steps)
+    return sum(p.numel() for p in params), times[0], times[1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default=None, help="Kedro environment, e.g. rxrx1_shaped")
@@ -168,6 +192,8 @@ def main() -> None:
     rows += [(f"train step ({arch}, {size} px{flags})", train),
              (f"inference step, 1 view ({arch}, {size} px{flags})", infer)]
 
+    weights, plain_ms, fused_ms = optimiser_step_ms(training, n_classes, device, 20)
+
     width = max(len(r[0]) for r in rows)
     print(f"\n{'stage':<{width}}  sites/s")
     for label, value in rows:
@@ -179,6 +205,9 @@ def main() -> None:
           f"cell line's {len(fit_rows)} fit sites; {REAL_LABELLED_SITES / epoch_rate / 60:.1f} min over the real "
           f"data's {REAL_LABELLED_SITES} labelled sites at this size (store decode once: "
           f"{REAL_LABELLED_SITES / parallel / 60:.1f} min at the measured PNG rate).")
+    print(f"Optimiser step ({training.optimizer}, {weights / 1e6:.2f} M weights: embedding {training.embedding_dim}, "
+          f"{training.neck} neck, {training.head} head): {plain_ms:.1f} ms plain, {fused_ms:.1f} ms fused (used), "
+          f"once every {training.accumulate_steps} batch(es).")
 
 
 if __name__ == "__main__":
