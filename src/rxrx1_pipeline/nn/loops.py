@@ -24,6 +24,16 @@ def device(name: str | None = None) -> torch.device:
     return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
+def flush_subnormals() -> None:
+    """Flush subnormal floats (below 1.2e-38) to zero on this thread, and on the worker threads it starts from
+    now on (they inherit it). Weights that weight decay drives towards zero become subnormal after some epochs,
+    and an x86 CPU computes each operation on one ~100x slower: on the preset, epochs of the 1st place's
+    recipe grew from 111 s to over 190 s by the 14th, and a train step of that checkpoint runs at 992 sites/s
+    with flushing against 480 without (2 threads). The values flushed are far below anything that moves a
+    weight; on a GPU this changes nothing. Called before a training's or inference's first tensor operation."""
+    torch.set_flush_denormal(True)
+
+
 _GLOBAL_RNG = threading.Lock()
 
 

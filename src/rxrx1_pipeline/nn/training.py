@@ -78,6 +78,7 @@ def fit(job: TrainJob, rank: int = 0, world: int = 1, dev: torch.device | None =
     epochs, batch, workers, seed = training.epochs, training.batch_size, training.num_workers, training.seed
     by_plate = training.batches == "per_plate"
     dev = dev or loops.device(training.device)
+    loops.flush_subnormals()
     net = loops.seeded_network(lambda: build_network(job.settings, job.n_classes, pretrained=job.initial is None),
                                seed).to(dev)
     if job.initial is not None:

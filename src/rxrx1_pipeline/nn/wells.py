@@ -20,13 +20,14 @@ class WellScorer:
     def __init__(self, model: dict, site_images: ImageStore, plate_stats: pd.DataFrame, classes: pd.DataFrame,
                  cell_line: str, inference: Inference):
         from rxrx1_pipeline.nn.checkpoints import load_model
-        from rxrx1_pipeline.nn.loops import device
+        from rxrx1_pipeline.nn.loops import device, flush_subnormals
         from rxrx1_pipeline.nn.network import normaliser_from_stats
 
         self.settings = model["settings"]
         if site_images.image_size != self.settings["image_size"]:
             raise ValueError(f"{cell_line}: the model was trained on {self.settings['image_size']} px images but "
                              f"the image store holds {site_images.image_size} px; re-run the train pipeline")
+        flush_subnormals()
         self.net = load_model(model, device())
         self.norm = normaliser_from_stats(self.settings["normalization"], plate_stats)
         self.store, self.inference, self.cell_line = site_images, inference, cell_line
