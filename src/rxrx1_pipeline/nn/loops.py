@@ -97,7 +97,7 @@ def optimiser(net: torch.nn.Module, training: Training, steps_per_epoch: int):
     ``lr_cycles`` the cosine cycles of :func:`cycles_lr`, else a linear warm-up over half an epoch to ``lr``,
     then cosine decay to 0 at the last epoch (``steps_per_epoch``: the batches of an epoch of the labelled
     sites, which the warm-up and decay count in). Its fused form updates every tensor in one kernel: on this
-    2-core CPU an Adam step over the 1st place's 3.9 M weights takes 1.6 ms instead of 12.6 ms
+    2-core CPU an Adam step over the 1st place's 3.9 M weights takes 1.6 ms instead of 9.8 ms
     (benchmarks/throughput.py), the same arithmetic."""
     kind = torch.optim.AdamW if training.optimizer == "adamw" else torch.optim.Adam
     params = list(net.parameters())
