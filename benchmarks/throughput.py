@@ -130,18 +130,20 @@ def model_rates(arch: str, size: int, batch: int, n_classes: int, device: torch.
 
 
 def optimiser_step_ms(training, n_classes: int, device: torch.device, steps: int) -> tuple[int, float, float]:
-    """(weights, ms per Adam(W) step in its plain for-loop form, ms in the fused form the training uses) over the
-    configured network's weights (embedding size, neck and head as in ``training``)."""
+    """(weights, ms per Adam(W) step in its plain for-loop form, ms in the form the training uses:
+    ``nn.loops.optimiser``'s, fused) over the configured network's weights (embedding size, neck and head as in
+    ``training``)."""
+    from rxrx1_pipeline.nn.loops import optimiser
     from rxrx1_pipeline.nn.network import EmbeddingNet
 
     net = EmbeddingNet(training.arch, n_classes, training.embedding_dim, training.head, neck=training.neck).to(device)
     params = list(net.parameters())
     for p in params:
         p.grad = torch.randn_like(p)
-    kind = torch.optim.AdamW if training.optimizer == "adamw" else torch.optim.Adam
+    used = optimiser(net, training, steps_per_epoch=1)[0]
+    plain = type(used)(params, lr=training.lr, weight_decay=training.weight_decay, foreach=False)
     times = []
-    for fused in (None, True):
-        opt = kind(params, lr=1e-6, weight_decay=training.weight_decay, fused=fused, foreach=False if not fused else None)
+    for opt in (plain, used):
         for _ in range(2):
             opt.step()
         start = time.perf_counter()

@@ -301,8 +301,8 @@ def _one_builder(build):
     def locked(path, job: DecodeJob, *args, **kwargs):
         from rxrx1_pipeline.runs.locks import FileLock
 
+        describe_source(Path(path), job)
         if _manifest(Path(path)) == job.key():
-            describe_source(Path(path), job)
             log.info("Image store %s already holds these %d sites at %d px; reusing it", path, len(job.prefixes),
                      job.image_size)
             return None
@@ -315,7 +315,7 @@ def _one_builder(build):
 
 @_one_builder
 def build_store(path: Path, job: DecodeJob, workers: int | None = None, chunk: int = CHUNK) -> None:
-    """Decode ``job`` into a store at ``path``; nothing to do when a complete store of the same job is there.
+    """Decode ``job`` into a store at ``path`` (:func:`_one_builder` reuses a complete store of the same job).
 
     Decoding runs in ``workers`` processes (default: all cores) over chunks of ``chunk`` sites written
     straight into staging memmaps; finished chunks are recorded, so a killed build resumes where it stopped.
@@ -324,10 +324,7 @@ def build_store(path: Path, job: DecodeJob, workers: int | None = None, chunk: i
     from tqdm.auto import tqdm
 
     path, key = Path(path), job.key()
-    describe_source(path, job)
-    if _manifest(path) == key:
-        log.info("Image store %s already holds these %d sites at %d px; reusing it", path, len(job.prefixes),
-                 job.image_size)
+    if _manifest(path) == key:  # completed by another run between the check before the lock and the lock
         return
     staging = staging_path(path)
     shape = (len(job.prefixes), N_CHANNELS, job.image_size, job.image_size)
